@@ -1,0 +1,13 @@
+"""Built-in reward functions (TRL signature; higher is better) and the code-execution sandbox."""
+from .builtin import THINK_ANSWER_PATTERN, format_reward, length_reward, math_answer_reward
+from .sandbox import SandboxResult, code_execution_reward, run_in_sandbox
+
+__all__ = [
+    "THINK_ANSWER_PATTERN",
+    "SandboxResult",
+    "code_execution_reward",
+    "format_reward",
+    "length_reward",
+    "math_answer_reward",
+    "run_in_sandbox",
+]

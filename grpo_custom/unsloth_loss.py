@@ -1,0 +1,237 @@
+"""grpo-custom's regularizer terms inside Unsloth's fast GRPO loss.
+
+Unsloth's generated trainer computes the loss in ``grpo_accumulated_loss``: per-token log-probs
+from the chunked hidden-state log-softmax (never a [B, T, V] logits tensor), then
+``UnslothEfficientGRPO``, which takes the gradient w.r.t. those log-probs inside its forward
+with ``torch.func.grad_and_value`` over ``grpo_compute_loss``. Its backward ignores the outer
+gradient, so a term must be *inside* ``grpo_compute_loss`` to train (GUIDE §3.5).
+
+:func:`install_loss_terms` rebinds, in the generated module only:
+
+- ``grpo_accumulated_loss`` → a wrapper that evaluates this step's coefficients (as tensors, so a
+  scheduled coefficient never recompiles anything) and passes the loss-placed, log-prob-based
+  regularizers down to ``grpo_compute_loss`` through its kwargs;
+- ``grpo_compute_loss`` → a wrapper that adds Σ coef · term to Unsloth's loss, each term weighted
+  exactly like Unsloth aggregates its own per-token loss (:func:`token_weights_like_unsloth`);
+  it runs inside Unsloth's ``torch.compile(fullgraph=True)`` region, so it is pure tensor math;
+- ``UnslothEfficientGRPO`` → the same class whose ``apply`` first logs the terms' metrics, eagerly.
+
+Entropy-based regularizers use Unsloth's own chunked entropy (``return_entropy=True`` of its
+recomputing log-softmax, with gradient, chunk by chunk) and its ``UnslothGRPOEntropyBonus``:
+during the call, ``unsloth_zoo.rl_replacements.grpo_entropy_bonus_weights`` returns TRL's
+``entropy_coef`` weights plus ours. :func:`remove_loss_terms` undoes the module-level rebinding.
+"""
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+import torch
+
+from .loss_aggregation import token_weights_like_unsloth
+from .regularizers import RegularizerInputs
+
+TERMS_KEY = "grpo_custom_terms"
+_current_step: contextvars.ContextVar["FastLossStep | None"] = contextvars.ContextVar("grpo_custom_fast_loss",
+                                                                                       default=None)
+
+
+@dataclass
+class FastLossStep:
+    """What one ``grpo_accumulated_loss`` call needs: the trainer, this step's specs and coefficients."""
+
+    trainer: object
+    logp_terms: list  # [(spec, coef tensor)] loss-placed regularizers on log-probs
+    entropy_terms: list  # [(spec, coef float)] loss-placed regularizers needing entropy
+    trl_entropy_coef: float
+    metrics: dict = field(default_factory=dict)
+    entropy_token_weights: torch.Tensor | None = None  # [B, T] loss-type weights of the entropy terms
+    entropy_accumulation: float = 1.0  # the accumulation divisor inside those weights (undone for logging)
+
+    def record(self, spec, metrics: dict) -> None:
+        """Accumulate a chunk's metrics (averaged over chunks when logged)."""
+        for key, value in metrics.items():
+            total, count = self.metrics.get((spec.metric_prefix, key), (0.0, 0))
+            self.metrics[(spec.metric_prefix, key)] = (total + float(value), count + 1)
+
+
+def _masked(tensor, keep):
+    return None if tensor is None else torch.where(keep, tensor, 0.0)
+
+
+def make_compute_loss(original):
+    """``grpo_compute_loss`` plus grpo-custom's log-prob terms (passed in kwargs under ``TERMS_KEY``).
+
+    This runs inside Unsloth's ``torch.compile(fullgraph=True)`` chunk loss, so it only does tensor
+    math: Σ coef · Σ_t weights·term, with weights from :func:`token_weights_like_unsloth`.
+    """
+
+    def grpo_compute_loss(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, advantages, **kwargs):
+        terms = kwargs.pop(TERMS_KEY, None)
+        result = original(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, advantages, **kwargs)
+        if not terms:
+            return result
+        loss = result[0]
+        inputs = _regularizer_inputs(new, old, ref, mask, advantages)
+        weights = token_weights_like_unsloth(mask, kwargs)  # [B, T]
+        for spec, coef in terms:
+            loss = loss + coef.to(loss.device) * (spec.term(inputs).to(torch.float32) * weights).sum()
+        return (loss, *result[1:])
+
+    grpo_compute_loss.grpo_custom_original = original
+    return grpo_compute_loss
+
+
+def _regularizer_inputs(new, old, ref, mask, advantages) -> RegularizerInputs:
+    """Inputs with padding positions zeroed in every log-prob tensor, as Unsloth does before its own terms."""
+    keep = mask.to(torch.bool)
+    return RegularizerInputs(
+        logps=_masked(new, keep), old_logps=_masked(old, keep), ref_logps=_masked(ref, keep),
+        mask=mask.to(torch.float32), advantages=advantages, entropies=None, model=None,
+        completion_lengths=mask.sum(-1),
+    )
+
+
+def make_efficient_grpo(original):
+    """``UnslothEfficientGRPO`` whose ``apply`` also logs grpo-custom's log-prob term metrics (eagerly).
+
+    The metrics are computed once per call from the full tensors, outside the compiled chunk loss.
+    """
+
+    class EfficientGRPO:
+        grpo_custom_original = original
+
+        @staticmethod
+        def apply(new_logps, old_logps, ref_logps, sampling_logps, lm_head, input_ids, mask, advantages, beta,
+                  scaler=None, n_chunks=1, extra_kwargs=None, upstream_scale=None):
+            step = _current_step.get()
+            terms = (extra_kwargs or {}).get(TERMS_KEY) or []
+            if step is not None and terms:
+                with torch.no_grad():
+                    inputs = _regularizer_inputs(new_logps.detach(), old_logps, ref_logps, mask, advantages)
+                    weights = token_weights_like_unsloth(mask, extra_kwargs)
+                    accumulation = float(extra_kwargs.get("current_gradient_accumulation_steps", 1))
+                    for spec, coef in terms:
+                        term, metrics = spec.compute(inputs)
+                        contribution = float(coef) * float((term.float() * weights).sum()) * accumulation
+                        step.record(spec, {**metrics, "loss": contribution})
+            return original.apply(new_logps, old_logps, ref_logps, sampling_logps, lm_head, input_ids, mask,
+                                  advantages, beta, scaler, n_chunks, extra_kwargs, upstream_scale)
+
+    return EfficientGRPO
+
+
+def make_accumulated_loss(original):
+    """``grpo_accumulated_loss`` that routes this step's regularizers into Unsloth's fast loss."""
+
+    def grpo_accumulated_loss(trainer, *args, **kwargs):
+        extras = getattr(trainer, "grpo_custom", None)
+        specs = [] if extras is None else extras.placed("loss")
+        if not specs:
+            return original(trainer, *args, **kwargs)
+        global_step = int(trainer.state.global_step)
+        step = FastLossStep(trainer, [], [], float(getattr(trainer, "entropy_coef", 0.0) or 0.0))
+        for spec in specs:
+            coef = spec.coef_at(global_step)
+            if spec.needs_entropy:
+                step.entropy_terms.append((spec, coef))
+            else:
+                step.logp_terms.append((spec, torch.tensor(coef, dtype=torch.float32)))
+        kwargs[TERMS_KEY] = step.logp_terms
+        needs_entropy_pass = any(coef != 0.0 for _, coef in step.entropy_terms)
+        token = _current_step.set(step)
+        restore_coef = needs_entropy_pass and step.trl_entropy_coef == 0.0
+        if restore_coef:
+            trainer.entropy_coef = 1.0  # makes Unsloth compute chunked entropies; weights come from us
+        try:
+            result = original(trainer, *args, **kwargs)
+        finally:
+            if restore_coef:
+                trainer.entropy_coef = 0.0
+            _current_step.reset(token)
+        _log_fast_loss_metrics(trainer, step)
+        return result
+
+    grpo_accumulated_loss.grpo_custom_original = original
+    return grpo_accumulated_loss
+
+
+def make_entropy_bonus_weights(original):
+    """Unsloth's entropy-bonus weights plus those of grpo-custom's entropy regularizers."""
+
+    def grpo_entropy_bonus_weights(completion_mask, entropy_mask, entropy_coef, loss_kwargs, trl_version=None,
+                                   training=True):
+        step = _current_step.get()
+        if step is None or not step.entropy_terms:
+            return original(completion_mask, entropy_mask, entropy_coef, loss_kwargs, trl_version, training)
+        weights = original(completion_mask, entropy_mask, step.trl_entropy_coef, loss_kwargs, trl_version, training)
+        if not training:
+            loss_kwargs = {**loss_kwargs, "current_gradient_accumulation_steps": 1}
+        ours = token_weights_like_unsloth(completion_mask, loss_kwargs)  # [B, T]
+        step.entropy_token_weights = ours
+        step.entropy_accumulation = float(loss_kwargs.get("current_gradient_accumulation_steps", 1))
+        for spec, coef in step.entropy_terms:
+            # The entropy regularizer's term is -H per token; Σ w·H with w = -coef·weights adds coef·Σ weights·(-H).
+            weights = weights - coef * ours
+        return weights
+
+    grpo_entropy_bonus_weights.grpo_custom_original = original
+    return grpo_entropy_bonus_weights
+
+
+def make_entropy_bonus(original):
+    """Unsloth's ``UnslothGRPOEntropyBonus`` that also records the entropies for grpo-custom's metrics."""
+
+    class EntropyBonus:
+        grpo_custom_original = original
+
+        @staticmethod
+        def apply(entropies, weights, *args):
+            step = _current_step.get()
+            if step is not None and step.entropy_terms:
+                ours = step.entropy_token_weights
+                mask = (ours != 0).to(torch.float32)
+                detached = entropies.detach().float()
+                mean_entropy = float((detached * mask).sum() / mask.sum().clamp(min=1.0))
+                for spec, coef in step.entropy_terms:
+                    contribution = -coef * float((detached * ours).sum()) * step.entropy_accumulation
+                    step.record(spec, {"value": mean_entropy, "loss": contribution})
+            return original.apply(entropies, weights, *args)
+
+    return EntropyBonus
+
+
+def _log_fast_loss_metrics(trainer, step: FastLossStep) -> None:
+    mode = "train" if trainer.model.training else "eval"
+    for spec, coef in [*step.logp_terms, *step.entropy_terms]:
+        trainer._metrics[mode][f"{spec.metric_prefix}/coef"].append(float(coef))
+    for (prefix, key), (total, count) in step.metrics.items():
+        trainer._metrics[mode][f"{prefix}/{key}"].append(total / count)
+
+
+def install_loss_terms(module) -> None:
+    """Rebind the generated module's loss functions to grpo-custom's wrappers (idempotent)."""
+    import unsloth_zoo.rl_replacements as zoo
+
+    if getattr(module.grpo_compute_loss, "grpo_custom_original", None) is None:
+        module.grpo_compute_loss = make_compute_loss(module.grpo_compute_loss)
+    if getattr(module.grpo_accumulated_loss, "grpo_custom_original", None) is None:
+        module.grpo_accumulated_loss = make_accumulated_loss(module.grpo_accumulated_loss)
+    if getattr(module.UnslothEfficientGRPO, "grpo_custom_original", None) is None:
+        module.UnslothEfficientGRPO = make_efficient_grpo(module.UnslothEfficientGRPO)
+    if getattr(zoo.grpo_entropy_bonus_weights, "grpo_custom_original", None) is None:
+        zoo.grpo_entropy_bonus_weights = make_entropy_bonus_weights(zoo.grpo_entropy_bonus_weights)
+    if getattr(zoo.UnslothGRPOEntropyBonus, "grpo_custom_original", None) is None:
+        zoo.UnslothGRPOEntropyBonus = make_entropy_bonus(zoo.UnslothGRPOEntropyBonus)
+
+
+def remove_loss_terms(module) -> None:
+    """Undo :func:`install_loss_terms` (the generated module and unsloth_zoo get Unsloth's own functions)."""
+    import unsloth_zoo.rl_replacements as zoo
+
+    for owner, name in ((module, "grpo_compute_loss"), (module, "grpo_accumulated_loss"),
+                        (module, "UnslothEfficientGRPO"),
+                        (zoo, "grpo_entropy_bonus_weights"), (zoo, "UnslothGRPOEntropyBonus")):
+        original = getattr(getattr(owner, name), "grpo_custom_original", None)
+        if original is not None:
+            setattr(owner, name, original)

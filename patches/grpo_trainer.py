@@ -1,0 +1,111 @@
+"""Edits to TRL 1.15.0 ``trl/trainer/grpo_trainer.py``: each inserts one hook into grpo-custom.
+
+The hooks live in :mod:`grpo_custom.trainer_hooks`, imported into the fork under the module-level
+name ``grpo_custom_hooks``. Unsloth copies every module-level name of the trainer module into the
+``UnslothGRPOTrainer`` it generates, so the same hooks run there too.
+"""
+from grpo_custom.source_edit import SourceEdit
+
+GRPO_TRAINER_EDITS = (
+    SourceEdit(
+        name="config_and_hooks",
+        reason="the fork's config adds grpo-custom's options; the hooks module is where every edit calls",
+        anchor="from .grpo_config import GRPOConfig\n",
+        replacement=(
+            "from grpo_custom.config import GRPOConfig\n"
+            "from grpo_custom import trainer_hooks as grpo_custom_hooks\n"
+        ),
+    ),
+    SourceEdit.insert_before(
+        name="task_reward_routing",
+        reason="task_rewards in the config become reward functions that score only their task's samples",
+        anchor="        # Reward functions\n        if reward_funcs is None:\n",
+        text="        reward_funcs = grpo_custom_hooks.prepare_reward_funcs(args, reward_funcs)\n",
+    ),
+    SourceEdit.insert_before(
+        name="configure_trainer",
+        reason="resolve estimator, regularizers, schedule and reward guards once the reward functions are named",
+        anchor="        # Reward processing class\n",
+        text="        grpo_custom_hooks.configure_trainer(self, args)\n",
+    ),
+    SourceEdit(
+        name="reference_model_gate",
+        reason="a KL regularizer needs the reference model even when TRL's beta is 0",
+        anchor="        if self.beta == 0.0:\n            # If beta is 0.0, the reference model is not needed\n",
+        replacement=(
+            "        if self.beta == 0.0 and not grpo_custom_hooks.needs_reference_logps(args):\n"
+            "            # If beta is 0.0, the reference model is not needed\n"
+        ),
+    ),
+    SourceEdit(
+        name="reference_logps_gate",
+        reason="a KL regularizer needs reference log-probs even when TRL's beta is 0",
+        anchor=(
+            "            # Compute the per-token log probabilities for the reference model\n"
+            "            if self.beta != 0.0:\n"
+        ),
+        replacement=(
+            "            # Compute the per-token log probabilities for the reference model\n"
+            "            if self.beta != 0.0 or grpo_custom_hooks.needs_reference_logps(self.args):\n"
+        ),
+    ),
+    SourceEdit.insert_after(
+        name="step_aware_rewards",
+        reason="apply the reward schedule's weights for this batch and pass step/progress/stage to rewards",
+        anchor='        reward_kwargs["trainer_state"] = self.state\n',
+        text="        reward_kwargs.update(grpo_custom_hooks.before_reward_functions(self, inputs, prompts, completions))\n",
+    ),
+    SourceEdit.insert_after(
+        name="advantage_estimator",
+        reason="replace the inline GRPO advantages by the configured estimator (and reward-placed penalties)",
+        anchor="        advantages = torch.nan_to_num(advantages, nan=0.0)\n",
+        text=(
+            "        advantages = grpo_custom_hooks.compute_advantages(\n"
+            "            self,\n"
+            "            rewards_per_func=rewards_per_func,\n"
+            "            num_generations=num_generations,\n"
+            "            completion_mask=completion_mask,\n"
+            "            inputs=inputs,\n"
+            "            mode=mode,\n"
+            "            ref_per_token_logps=ref_per_token_logps,\n"
+            "            old_per_token_logps=old_per_token_logps,\n"
+            "            policy_per_token_logps=lambda: self._get_per_token_logps_and_entropies(\n"
+            "                self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size,\n"
+            "                num_images=num_images, num_tiles=num_tiles, **forward_kwargs,\n"
+            "            )[0],\n"
+            "        )\n"
+        ),
+    ),
+    SourceEdit.insert_after(
+        name="loss_regularizers",
+        reason="add the configured per-token regularizer terms before the loss type's aggregation",
+        anchor=(
+            "        if self.beta != 0.0:\n"
+            "            per_token_loss = per_token_loss + self.beta * per_token_kl\n"
+        ),
+        text=(
+            "        per_token_loss = grpo_custom_hooks.add_loss_regularizers(\n"
+            "            self, per_token_loss, per_token_logps=per_token_logps, old_per_token_logps=old_per_token_logps,\n"
+            "            inputs=inputs, mask=mask, advantages=advantages, entropies=entropies,\n"
+            "        )\n"
+        ),
+    ),
+    SourceEdit.insert_before(
+        name="parameter_regularizers",
+        reason="add parameter-space regularizers (e.g. lora_l2) to the aggregated loss",
+        anchor="        # Entropy bonus: add entropy regularization to encourage exploration.",
+        text="        loss = loss + grpo_custom_hooks.parameter_regularizer_loss(self, model)\n",
+    ),
+    SourceEdit.insert_after(
+        name="save_state",
+        reason="checkpoints keep grpo-custom's running statistics (per-task reward normalization)",
+        anchor="        super()._save_checkpoint(model, trial)\n",
+        text="        grpo_custom_hooks.save_checkpoint_state(self, trial)\n",
+    ),
+    SourceEdit.insert_after(
+        name="load_state",
+        reason="resuming restores grpo-custom's running statistics exactly",
+        anchor="        super()._load_optimizer_and_scheduler(checkpoint)\n",
+        text="        grpo_custom_hooks.load_checkpoint_state(self, checkpoint)\n",
+    ),
+)
