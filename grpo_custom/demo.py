@@ -58,7 +58,7 @@ def demo_training_arguments(output_dir: str, steps: int, estimator: str, seed: i
         num_generations=8,
         max_completion_length=16,
         max_steps=steps,
-        learning_rate=0.1 if not on_gpu else 5e-5,
+        learning_rate=0.02 if not on_gpu else 5e-5,
         lr_scheduler_type="constant",
         logging_steps=1,
         report_to="none",
@@ -133,7 +133,7 @@ def run_demo(estimator: str = "grpo", steps: int = 60, output_dir: str = "grpo_c
     trainer.train()
 
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
-    window = max(1, min(5, len(rewards) // 4))
+    window = max(1, min(10, len(rewards) // 4))
     result = DemoResult(
         first_reward=_window_mean(rewards, window),
         last_reward=_window_mean(rewards[::-1], window),

@@ -37,8 +37,13 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def build_tiny_model(tokenizer, *, architecture: str = "qwen2", hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
-    """A random tiny causal LM sized to ``tokenizer`` (``architecture``: ``"qwen2"`` or ``"llama"``)."""
+def build_tiny_model(tokenizer, *, architecture: str = "qwen2", hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
+                     initializer_range: float = 0.2):
+    """A random tiny causal LM sized to ``tokenizer`` (``architecture``: ``"qwen2"`` or ``"llama"``).
+
+    ``initializer_range`` is larger than the usual 0.02 so the tied embeddings give logits of order
+    one: a policy whose logits sit near zero is near-uniform and barely moves under RL.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -55,6 +60,7 @@ def build_tiny_model(tokenizer, *, architecture: str = "qwen2", hidden_size: int
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,

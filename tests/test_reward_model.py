@@ -53,9 +53,9 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_config(config_class, tokenizer, **overrides):
+def tiny_config(config_class, tokenizer):
     """Hidden 32, 2 layers, 4 heads, 2 KV heads, one label."""
-    settings = dict(
+    return config_class(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -66,8 +66,6 @@ def tiny_config(config_class, tokenizer, **overrides):
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
     )
-    settings.update(overrides)
-    return config_class(**settings)
 
 
 def build_tiny_classifier(directory: Path, arch: str = "llama") -> Path:
