@@ -18,7 +18,9 @@ def pristine_trl_grpo_config() -> type:
 
     candidate = grpo_config_module.GRPOConfig
     for klass in candidate.__mro__:
-        if klass.__name__ == "GRPOConfig" and klass.__module__ == "trl.trainer.grpo_config":
+        # Unsloth renames its UnslothGRPOConfig to look like TRL's class and flags it in its own __dict__.
+        unsloth_made = "_unsloth_patched_rl_config" in vars(klass)
+        if klass.__name__ == "GRPOConfig" and klass.__module__ == "trl.trainer.grpo_config" and not unsloth_made:
             return klass
     raise RuntimeError(f"Could not find TRL's GRPOConfig in the MRO of {candidate!r}")
 

@@ -129,6 +129,9 @@ def load_fork() -> ModuleType:
     except BaseException:
         del sys.modules[FORK_MODULE_NAME]
         raise
+    from .honest_config import effective_config
+
+    module.GRPOTrainer.effective_config = effective_config
     return module
 
 

@@ -62,6 +62,9 @@ class RegularizerInputs:
             None (with grad when computed in the loss).
         model: the policy ``nn.Module`` for parameter-space terms, or None.
         completion_lengths: [B] number of completion tokens per sequence, or None.
+        importance_ratio: [B, T] (token level) or [B, 1] (sequence level) π/π_old of the sampled
+            tokens, with grad, when the trainer applies TRL's ``use_bias_correction_kl`` to KL terms
+            (TRL's ``coef_1``); None for no correction. Read by ``kl`` at loss placement.
     """
 
     mask: torch.Tensor | None
@@ -72,16 +75,24 @@ class RegularizerInputs:
     entropies: torch.Tensor | None = None
     model: nn.Module | None = None
     completion_lengths: torch.Tensor | None = None
+    importance_ratio: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.mask is None:
-            present = [name for name in _PER_TOKEN_FIELDS if getattr(self, name) is not None]
+            present = [name for name in (*_PER_TOKEN_FIELDS, "importance_ratio") if getattr(self, name) is not None]
             if present:
                 raise ValueError(f"RegularizerInputs without a mask cannot hold per-token tensors {present}.")
             return
         if not isinstance(self.mask, torch.Tensor) or self.mask.dim() != 2:
             shape = tuple(self.mask.shape) if isinstance(self.mask, torch.Tensor) else type(self.mask).__name__
             raise ValueError(f"RegularizerInputs.mask must be a [B, T] tensor, got {shape}.")
+        ratio = self.importance_ratio
+        rows, columns = self.mask.shape
+        if ratio is not None and tuple(ratio.shape) not in ((rows, columns), (rows, 1)):
+            raise ValueError(
+                f"RegularizerInputs.importance_ratio must have shape {(rows, columns)} (token level) or {(rows, 1)} "
+                f"(sequence level), got {tuple(ratio.shape)}."
+            )
 
     def require(self, field_name: str, regularizer: str) -> Any:
         """Return the field ``field_name``; raise ValueError naming ``regularizer`` when it is None."""
@@ -399,27 +410,33 @@ def kl_regularizer(
 ) -> RegularizerOutput:
     """KL(π‖π_ref) penalty from :func:`grpo_custom.kl.kl_estimate` (Schulman, http://joschu.net/blog/kl-approx.html).
 
-    loss placement:   term[b, t] = kl_estimate(logps, ref_logps, kind, grad_kind)[b, t]
+    loss placement:   term[b, t] = kl_estimate(logps, ref_logps, kind, grad_kind)[b, t] · w[b, t]
     reward placement: term[b] = Σ_t mask[b, t] · kl_estimate(logps, ref_logps, kind)[b, t]
 
-    ``kind="k3"`` at loss placement is exactly TRL's ``beta`` term, e^Δ − Δ − 1 with
-    Δ = ref_logps − logps, unclamped; ``"low_var_kl"`` is Unsloth's clamped one.
+    w = ``inputs.importance_ratio`` (π/π_old, TRL's ``use_bias_correction_kl``: value 1 on-policy,
+    but its gradient turns the k3 gradient into the unbiased reverse-KL one, DeepSeek-V3.2,
+    arXiv 2512.02556), or 1 when None. ``kind="k3"`` at loss placement is exactly TRL's ``beta``
+    term, (e^Δ − Δ − 1)·w with Δ = ref_logps − logps, unclamped; ``"low_var_kl"`` is Unsloth's
+    clamped one.
 
     Args:
-        inputs: needs ``logps`` [B, T], ``ref_logps`` [B, T] and ``mask`` [B, T].
+        inputs: needs ``logps`` [B, T], ``ref_logps`` [B, T] and ``mask`` [B, T]; reads
+            ``importance_ratio`` [B, T] or [B, 1] at loss placement when it is set.
         kind: KL estimator for the value (one of :data:`grpo_custom.kl.KL_KINDS`).
         grad_kind: straight-through gradient estimator (loss placement only).
         placement: "loss" (per-token term [B, T]) or "reward" (per-sequence penalty [B]).
 
     Returns:
-        (term, {"value": mean KL per completion token}); at reward placement also
-        "per_sequence": mean over the batch of the per-sequence KL.
+        (term, {"value": mean KL per completion token, the term's masked mean}); at reward placement
+        also "per_sequence": mean over the batch of the per-sequence KL.
     """
     _check_kl_options(kind=kind, grad_kind=grad_kind, placement=placement)
     logps = inputs.require("logps", "kl")
     ref_logps = inputs.require("ref_logps", "kl")
     if placement == "loss":
         per_token = kl_estimate(logps, ref_logps, kind, grad_kind=grad_kind)  # [B, T]
+        if inputs.importance_ratio is not None:
+            per_token = per_token * inputs.importance_ratio  # [B, T]
         return per_token, {"value": masked_mean(per_token.detach(), inputs.mask)}
     per_sequence = sequence_kl(logps, ref_logps, inputs.mask, kind)  # [B]
     tokens = inputs.mask.sum().clamp(min=1)

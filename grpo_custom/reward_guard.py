@@ -78,6 +78,7 @@ def guard_reward_function(
     name: str,
     policy: str = "raise",
     on_bad: Callable[[str, dict[str, int]], None] | None = None,
+    reraise: tuple[type[Exception], ...] = (),
 ) -> Callable:
     """Wrap a TRL reward function so that bad outputs raise (``"raise"``) or become ``None`` (``"nan"``).
 
@@ -97,10 +98,12 @@ def guard_reward_function(
             :class:`BadRewardWarning` and calls ``on_bad``.
         on_bad: ``on_bad(name, counts)`` called (policy ``"nan"``) after a call with problems;
             ``counts`` maps each kind of :data:`BAD_KINDS` to the number of samples it made ``None``.
+        reraise: exception types that propagate unchanged under both policies: configuration errors
+            (e.g. :class:`grpo_custom.tasks.TaskRoutingError`, a sample of an unknown task), not bad rewards.
 
     Returns:
         The wrapper; ``wrapper.bad_counts`` holds the cumulative per-kind sample counts (updated
-        under both policies).
+        under both policies) and ``wrapper.__wrapped__`` is ``fn``.
     """
     if policy not in POLICIES:
         raise ValueError(f"Unknown reward guard policy {policy!r}; valid policies: {', '.join(POLICIES)}.")
@@ -108,6 +111,8 @@ def guard_reward_function(
         raise TypeError(f"Reward function {name!r} must be callable, got {type(fn).__name__}.")
     if not isinstance(name, str) or not name:
         raise ValueError(f"A guarded reward function needs a non-empty string name, got {name!r}.")
+    if not isinstance(reraise, tuple) or not all(isinstance(t, type) and issubclass(t, Exception) for t in reraise):
+        raise TypeError(f"reraise must be a tuple of exception classes, got {reraise!r}.")
 
     def report(counts: dict[str, int]) -> None:
         for kind, count in counts.items():
@@ -123,6 +128,8 @@ def guard_reward_function(
                 on_bad(name, dict(counts))
 
     def on_exception(error: Exception, num_samples: int) -> list[None]:
+        if isinstance(error, reraise):
+            raise error
         report({**dict.fromkeys(BAD_KINDS, 0), "exception": num_samples})
         if policy == "raise":
             raise RewardFunctionError(f"Reward function {name!r} raised {type(error).__name__}: {error}") from error
@@ -181,4 +188,5 @@ def guard_reward_function(
     wrapper.__qualname__ = name
     wrapper.__doc__ = f"Reward function {name!r} checked by guard_reward_function (policy={policy!r})."
     wrapper.bad_counts = dict.fromkeys(BAD_KINDS, 0)
+    wrapper.__wrapped__ = fn
     return wrapper

@@ -31,6 +31,14 @@ RewardFunction = Callable[..., list]
 Router = Callable[[dict], Sequence[RewardFunction]]
 
 
+class TaskRoutingError(ValueError):
+    """A batch cannot be routed: a sample of an unknown task, no task column, or a bad router answer.
+
+    A configuration error, not a bad reward: the trainer's reward guard lets it through under every
+    ``reward_errors`` policy instead of turning it into NaN rewards.
+    """
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Routing
 # ----------------------------------------------------------------------------------------------------------------------
@@ -250,12 +258,12 @@ def _is_per_sample(value: Any, num_samples: int) -> bool:
 def _task_labels(kwargs: Mapping[str, Any], task_column: str, num_samples: int, who: str) -> list:
     """The per-sample task labels from TRL's reward kwargs, validated."""
     if task_column not in kwargs:
-        raise ValueError(
+        raise TaskRoutingError(
             f"{who}: the reward kwargs have no task column {task_column!r}; available kwargs: {sorted(kwargs)}."
         )
     labels = kwargs[task_column]
     if not _is_per_sample(labels, num_samples):
-        raise ValueError(
+        raise TaskRoutingError(
             f"{who}: kwargs[{task_column!r}] must be a list with one label per completion "
             f"({num_samples}), got {labels!r:.200}."
         )
@@ -274,7 +282,7 @@ class _TaskSelector:
         labels = _task_labels(kwargs, self.task_column, len(samples), who)
         for index, label in enumerate(labels):
             if label not in self.known_tasks:
-                raise ValueError(
+                raise TaskRoutingError(
                     f"{who}: sample {index} has task {label!r}, which route_rewards was not given; "
                     f"known tasks: {list(self.known_tasks)}."
                 )
@@ -298,15 +306,17 @@ class _RouterSelector:
             routed = self.router(sample)
             task = sample.get(self.task_column)
             if isinstance(routed, (str, bytes)) or not isinstance(routed, Sequence):
-                raise TypeError(
+                raise TaskRoutingError(
                     f"{who}: the router returned {type(routed).__name__} for sample {index} (task {task!r}); "
                     "it must return a list of reward functions."
                 )
             if len(routed) == 0:
-                raise ValueError(f"{who}: the router returned no reward functions for sample {index} (task {task!r}).")
+                raise TaskRoutingError(
+                    f"{who}: the router returned no reward functions for sample {index} (task {task!r})."
+                )
             for candidate in routed:
                 if id(candidate) not in self.all_ids:
-                    raise ValueError(
+                    raise TaskRoutingError(
                         f"{who}: the router returned {get_callable_name(candidate)!r} for sample {index} "
                         f"(task {task!r}), which is not in all_functions."
                     )

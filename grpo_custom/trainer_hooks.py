@@ -66,14 +66,27 @@ def needs_reference_logps(args) -> bool:
 
 
 def prepare_reward_funcs(args, reward_funcs):
-    """Add the task-routed reward functions of ``args.task_rewards`` (and their weights) to ``reward_funcs``."""
+    """The trainer's reward functions with ``args.task_rewards`` routed in.
+
+    ``task_rewards={task: [fn, ...]}``: the routed functions (and their ``task_weights``) are added after
+    ``reward_funcs``, which score every sample. ``task_rewards=router``: ``reward_funcs`` are the functions the
+    router picks from (``route_rewards``'s ``all_functions``) and each is replaced by its routed wrapper;
+    ``reward_weights`` keep their meaning.
+    """
     task_rewards = _option(args, "task_rewards", None)
     if task_rewards is None:
         return reward_funcs
     from .tasks import route_rewards
 
     shared = [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+    if callable(task_rewards):
+        if not shared:
+            raise ValueError(
+                "task_rewards is a routing callable: pass the reward functions it chooses from as reward_funcs."
+            )
+        return route_rewards(task_rewards, args.task_column, all_functions=shared)[0]
     routed, routed_weights = route_rewards(task_rewards, args.task_column, _option(args, "task_weights", None))
+    _check_distinct_reward_names(shared + routed)
     if args.reward_weights is None:
         args.reward_weights = [1.0] * len(shared) + list(routed_weights)
     elif len(args.reward_weights) == len(shared):
@@ -114,10 +127,22 @@ def configure_trainer(trainer, args) -> None:
         configured_weights=trainer.reward_weights.clone(),
     )
     _guard_reward_functions(trainer, _option(args, "reward_errors", "raise"))
+    _check_fast_path(trainer, args)
+
+
+def _check_fast_path(trainer, args) -> None:
+    """Under Unsloth's compiled trainer: refuse options its fast loss drops, report its config rewrites."""
+    if getattr(type(trainer), "grpo_custom_fast_path", False):
+        from .honest_config import check_fast_path_options, report_differences
+
+        check_fast_path_options(args)
+        report_differences(args)
 
 
 def _guard_reward_functions(trainer, policy: str) -> None:
+    """Wrap every reward function (not model rewards) in ``guard_reward_function``; counts go to the metrics."""
     from .reward_guard import guard_reward_function
+    from .tasks import TaskRoutingError
 
     extras = trainer.grpo_custom
 
@@ -127,7 +152,9 @@ def _guard_reward_functions(trainer, policy: str) -> None:
             extras.pending_metrics[key] = extras.pending_metrics.get(key, 0.0) + float(count)
 
     trainer.reward_funcs = [
-        func if isinstance(func, nn.Module) else guard_reward_function(func, name, policy=policy, on_bad=record)
+        func
+        if isinstance(func, nn.Module)
+        else guard_reward_function(func, name, policy=policy, on_bad=record, reraise=(TaskRoutingError,))
         for func, name in zip(trainer.reward_funcs, trainer.reward_func_names)
     ]
 
@@ -141,7 +168,17 @@ def _log(trainer, mode: str, name: str, value: float) -> None:
 
 
 def schedule_context(trainer) -> dict:
-    """``step``, ``progress`` and ``stage`` for the batch about to be scored (the generation step)."""
+    """``step``, ``progress`` and ``stage`` for the batch about to be scored (the generation step).
+
+    ``step`` is ``trainer.state.global_step`` when the batch is generated (optimizer updates done so
+    far; the batch trains update ``step`` and is logged under log step ``step + 1``), ``progress``
+    is ``step / max_steps`` and ``stage`` the reward schedule's stage name at ``step`` (None without
+    a schedule). TRL generates once every ``steps_per_generation × num_iterations`` micro-batches,
+    i.e. every ``steps_per_generation × num_iterations / gradient_accumulation_steps`` optimizer
+    steps (``num_iterations`` with TRL's default ``steps_per_generation = gradient_accumulation_steps``),
+    so a generated batch, and everything computed from it here, keeps the generation step's values
+    for all the updates it feeds: the schedule is sampled on that coarser grid.
+    """
     step = int(trainer.state.global_step)
     max_steps = int(trainer.state.max_steps or 0)
     progress = step / max_steps if max_steps > 0 else 0.0
@@ -151,7 +188,22 @@ def schedule_context(trainer) -> dict:
 
 
 def before_reward_functions(trainer, inputs, prompts, completions) -> dict:
-    """Set the reward weights in force for this batch and return the step-aware reward kwargs."""
+    """Set the reward weights in force for this batch and return the step-aware reward kwargs.
+
+    The weights are the reward schedule's at the generation step (see :func:`schedule_context`),
+    over the configured ``reward_weights`` for rewards the schedule does not name; they stay in
+    force, for the advantages and TRL's weighted ``reward`` metric, until the next generation.
+    When a generation feeds several optimizer steps (``steps_per_generation × num_iterations >
+    gradient_accumulation_steps``) the weights therefore change only at the steps that generate,
+    and ``schedule/*`` is logged only at those steps (like TRL's ``reward``). The weights are a pure
+    function of ``global_step``, so a run resumed from a checkpoint continues with the uninterrupted
+    run's weights (TRL regenerates at the resumed step, so a resume inside a generation window
+    samples the schedule there).
+    Logs ``schedule/stage`` (the stage index) and ``schedule/weight/<reward name>`` per batch.
+
+    Returns:
+        ``{"step", "progress", "stage"}``, added to the reward functions' keyword arguments.
+    """
     extras = trainer.grpo_custom
     context = schedule_context(trainer)
     mode = _mode(trainer)
@@ -174,19 +226,27 @@ def before_reward_functions(trainer, inputs, prompts, completions) -> dict:
 
 
 def _check_reward_directions(trainer, prompts) -> None:
-    from .reward_check import check_reward
+    """``check_reward`` on each rule reward function (the user's function, unguarded and unrouted).
 
+    Learned rewards (``nn.Module`` and ``RewardModelReward``) are not probed: their preferences are learned,
+    not written. Problems are logged as a warning, or raise ``ValueError`` with ``check_rewards="error"``.
+    """
+    from .reward_check import check_reward
+    from .reward_model import RewardModelReward
+
+    mode = trainer.grpo_custom.check_rewards
     problems = []
     for func, name in zip(trainer.reward_funcs, trainer.reward_func_names):
-        if isinstance(func, nn.Module):
+        inner = _user_reward_function(func)
+        if isinstance(inner, (nn.Module, RewardModelReward)):
             continue
-        report = check_reward(getattr(func, "__wrapped__", func), prompts=list(prompts[:2]))
+        report = check_reward(inner, prompts=list(prompts[:2]))
         if not report.ok:
             problems.append(f"reward function {name!r}: " + "; ".join(report.problems))
     if problems:
-        message = "Reward check failed (check_rewards=...): " + " | ".join(problems)
-        if trainer.grpo_custom.check_rewards == "error":
-            raise ValueError(message + " Set check_rewards='off' to skip the check.")
+        message = f"Reward check failed (check_rewards={mode!r}): " + " | ".join(problems)
+        if mode == "error":
+            raise ValueError(message + " Fix the reward, or set check_rewards='warn' or 'off' to train anyway.")
         logger.warning(message)
 
 
@@ -204,6 +264,7 @@ def compute_advantages(
     inputs: list[dict],
     mode: str,
     ref_per_token_logps: torch.Tensor | None,
+    prompt_ids: torch.Tensor | None = None,
     old_per_token_logps: torch.Tensor | None,
     policy_per_token_logps: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
@@ -211,7 +272,8 @@ def compute_advantages(
 
     Order: weighted sum of the reward functions (NaN for completions no function scored, as in
     TRL) → minus each reward-placed regularizer's ``coef · penalty`` → per-task normalization →
-    the estimator. Logs ``advantages/{mean,std,abs_max}`` and the reward-health metrics.
+    the estimator. Logs ``advantages/{mean,std,abs_max}``, the reward-health metrics and, with a
+    ``task_column``, ``tasks/<task>/*`` (``tasks.task_metrics``) of the rewards before task normalization.
     """
     extras = trainer.grpo_custom
     device = rewards_per_func.device
@@ -227,16 +289,17 @@ def compute_advantages(
     if reward_specs:
         rewards = rewards - _reward_penalties(
             trainer, reward_specs, completion_mask, ref_per_token_logps, old_per_token_logps,
-            policy_per_token_logps, mode,
+            policy_per_token_logps, mode, prompt_ids=prompt_ids,
         ).to(device)
 
-    tasks = None
-    if extras.task_column is not None:
-        from accelerate.utils import gather_object
-
-        tasks = gather_object([example[extras.task_column] for example in inputs])
+    tasks = _gathered_task_labels(inputs, extras.task_column) if extras.task_column is not None else None
+    rewards_before_normalization = rewards  # [N], what the per-task metrics describe
     if extras.task_normalizer is not None:
-        rewards = extras.task_normalizer.normalize(rewards, tasks, num_generations)
+        import copy
+
+        # evaluation batches use the running statistics without adding to them
+        normalizer = extras.task_normalizer if mode == "train" else copy.deepcopy(extras.task_normalizer)
+        rewards = normalizer.normalize(rewards, tasks, num_generations)
 
     result = extras.estimator(
         rewards,
@@ -253,7 +316,8 @@ def compute_advantages(
         from .tasks import task_metrics
 
         per_sequence = result if result.dim() == 1 else (result * full_mask).sum(1) / full_mask.sum(1).clamp(min=1)
-        for name, value in task_metrics(tasks, rewards, per_sequence, num_generations, lengths).items():
+        metrics = task_metrics(tasks, rewards_before_normalization, per_sequence, num_generations, lengths)
+        for name, value in metrics.items():
             _log(trainer, mode, name, value)
     for name, value in extras.pending_metrics.items():
         _log(trainer, mode, name, value)
@@ -261,8 +325,15 @@ def compute_advantages(
     return result
 
 
-def _reward_penalties(trainer, specs, completion_mask, ref_logps, old_logps, policy_logps_fn, mode) -> torch.Tensor:
-    """Σ coef · penalty over the reward-placed regularizers, gathered over processes: [N]."""
+def _reward_penalties(trainer, specs, completion_mask, ref_logps, old_logps, policy_logps_fn, mode,
+                      prompt_ids=None) -> torch.Tensor:
+    """Σ coef · penalty over the reward-placed regularizers, gathered over processes: [N].
+
+    The penalties read the log-probs of the policy that sampled the batch (``old_logps``, else one
+    extra no-grad forward pass) and use the coefficients at the generation step. A zero coefficient
+    subtracts nothing (not even a non-finite penalty). Logs ``regularizers/<name>/value``, ``/coef``
+    and ``/reward_penalty``: the mean over the batch of the coef · penalty subtracted.
+    """
     step = int(trainer.state.global_step)
     logps = None
     if any(spec.needs_reference for spec in specs):
@@ -270,22 +341,33 @@ def _reward_penalties(trainer, specs, completion_mask, ref_logps, old_logps, pol
             with torch.no_grad():
                 old_logps = policy_logps_fn()
         logps = old_logps
+    if prompt_ids is not None:  # Unsloth returns generation-time log-probs in its window layout
+        from .unsloth_layout import window_to_completion
+
+        pad_id = trainer.processing_class.pad_token_id
+        width = completion_mask.shape[1]
+        logps, old_logps, ref_logps = (None if values is None else window_to_completion(values, prompt_ids, pad_id, width)
+                                       for values in (logps, old_logps, ref_logps))
     lengths = completion_mask.sum(dim=1)
     inputs = RegularizerInputs(
         logps=logps, old_logps=old_logps, ref_logps=ref_logps, mask=completion_mask.float(),
         advantages=None, entropies=None, model=None, completion_lengths=lengths,
     )
-    total = torch.zeros(completion_mask.size(0), device=completion_mask.device)
+    total = None
     for spec in specs:
         coef = spec.coef_at(step)
-        penalty, metrics = get_regularizer(spec.name)(inputs, **spec.options)  # [B]
-        total = total + coef * penalty
-        _log_regularizer(trainer, mode, spec, coef, metrics)
-        _log(trainer, mode, f"{spec.metric_prefix}/reward_penalty", (coef * penalty).mean().item())
-    return trainer.accelerator.gather(total)
+        penalty, metrics = spec.compute(inputs)  # [B]
+        weighted = trainer.accelerator.gather(torch.as_tensor(coef, dtype=penalty.dtype) * penalty)  # [N]
+        if coef != 0.0:
+            total = weighted if total is None else total + weighted
+        _log_regularizer(trainer, mode, spec, coef, {**metrics, "reward_penalty": weighted.mean().item()})
+    if total is None:
+        return trainer.accelerator.gather(torch.zeros_like(lengths, dtype=torch.float32))
+    return total
 
 
 def _log_regularizer(trainer, mode: str, spec: RegularizerSpec, coef: float, metrics: dict) -> None:
+    """Log ``regularizers/<label>/coef`` and ``regularizers/<label>/<key>`` for every metric."""
     _log(trainer, mode, f"{spec.metric_prefix}/coef", coef)
     for key, value in metrics.items():
         _log(trainer, mode, f"{spec.metric_prefix}/{key}", value)
@@ -299,24 +381,54 @@ def _log_advantage_metrics(trainer, mode: str, advantages: torch.Tensor, mask: t
 
 
 def _log_reward_health(trainer, mode: str, rewards_per_func, num_generations: int, lengths) -> None:
-    """Per reward function: NaN rate, fraction of zero-variance groups, correlation with length."""
+    """Per reward function ``f`` (column r of ``rewards_per_func`` [N, F]):
+
+    - ``reward_health/<f>/nan_rate``: share of the N completions with r = NaN (unscored: ``None``, a bad
+      value under ``reward_errors="nan"``, or another task's sample for a task-routed function);
+    - ``reward_health/<f>/frac_zero_std``: share of the groups f scored at least once whose scores have
+      zero std (TRL's ``isclose(nanstd, 0)``; one score counts as zero std); not logged when f scored no
+      group or G = 1;
+    - ``reward_health/<f>/length_corr``: Pearson correlation of r with the completion lengths over the
+      scored completions; not logged when undefined (fewer than two, or constant r or lengths).
+    """
+    import math
+
     from trl.trainer.utils import nanstd
 
     from .reward_check import reward_length_correlation
 
     for index, name in enumerate(trainer.reward_func_names):
-        column = rewards_per_func[:, index]
+        column = rewards_per_func[:, index]  # [N]
         _log(trainer, mode, f"reward_health/{name}/nan_rate", torch.isnan(column).float().mean().item())
         if num_generations > 1:
-            std = nanstd(column.view(-1, num_generations), dim=1)
-            zero = torch.isclose(torch.nan_to_num(std, nan=0.0), torch.zeros_like(std))
-            _log(trainer, mode, f"reward_health/{name}/frac_zero_std", zero.float().mean().item())
+            grouped = column.view(-1, num_generations)  # [num_prompts, G]
+            scored = ~torch.isnan(grouped).all(dim=1)  # [num_prompts]
+            if scored.any():
+                std = torch.nan_to_num(nanstd(grouped[scored], dim=1), nan=0.0)  # [scored groups]
+                zero = torch.isclose(std, torch.zeros_like(std))
+                _log(trainer, mode, f"reward_health/{name}/frac_zero_std", zero.float().mean().item())
         correlation = reward_length_correlation(column.tolist(), lengths.tolist())
-        _log(trainer, mode, f"reward_health/{name}/length_corr", correlation)
+        if not math.isnan(correlation):
+            _log(trainer, mode, f"reward_health/{name}/length_corr", correlation)
 
 
 def _accumulation_steps(trainer) -> int:
     return trainer.current_gradient_accumulation_steps if trainer.model.training else 1
+
+
+def _kl_importance_ratio(trainer, per_token_logps, old_per_token_logps, mask) -> torch.Tensor | None:
+    """π/π_old as TRL's ``coef_1`` when ``use_bias_correction_kl`` is on (TRL's default), else None.
+
+    TRL multiplies its beta KL term by this ratio; the ``kl`` regularizer does the same with it.
+    Returns [B, T] for ``importance_sampling_level="token"``, [B, 1] (masked mean log-ratio) for
+    ``"sequence"``.
+    """
+    if not getattr(trainer.args, "use_bias_correction_kl", False) or old_per_token_logps is None:
+        return None
+    log_ratio = per_token_logps - old_per_token_logps  # [B, T]
+    if trainer.importance_sampling_level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # [B, 1]
+    return torch.exp(log_ratio)
 
 
 def add_loss_regularizers(
@@ -330,20 +442,32 @@ def add_loss_regularizers(
     advantages: torch.Tensor,
     entropies: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``per_token_loss + Σ coef · term`` over the loss-placed regularizers (a zero coefficient adds nothing)."""
+    """``per_token_loss + Σ coef · term`` [B, T] over the loss-placed regularizers.
+
+    Added where TRL adds ``beta · per_token_kl``, so the loss type then masks and normalizes each
+    term like the policy loss. The coefficient is the one at ``trainer.state.global_step`` (the
+    number of optimizer updates done: the log entry of this update has ``step`` = global_step + 1)
+    and enters as a tensor multiplying the term; a zero coefficient adds nothing (exactly the loss
+    without the regularizer). KL terms get TRL's ``use_bias_correction_kl`` ratio. Logs
+    ``regularizers/<name>/{value,coef,loss}``, ``loss`` being the term's share of the logged loss.
+    """
     specs = trainer.grpo_custom.placed("loss")
     if not specs:
         return per_token_loss
     mode = _mode(trainer)
     step = int(trainer.state.global_step)
+    accumulation = _accumulation_steps(trainer)
+    ratio = None
+    if any(spec.needs_reference for spec in specs):
+        ratio = _kl_importance_ratio(trainer, per_token_logps, old_per_token_logps, mask)
     reg_inputs = RegularizerInputs(
         logps=per_token_logps, old_logps=old_per_token_logps, ref_logps=inputs.get("ref_per_token_logps"),
         mask=mask.float(), advantages=advantages, entropies=entropies, model=None,
-        completion_lengths=mask.sum(dim=1),
+        completion_lengths=mask.sum(dim=1), importance_ratio=ratio,
     )
     for spec in specs:
         coef = spec.coef_at(step)
-        term, metrics = get_regularizer(spec.name)(reg_inputs, **spec.options)  # [B, T]
+        term, metrics = spec.compute(reg_inputs)  # [B, T]
         weighted = torch.as_tensor(coef, dtype=term.dtype, device=term.device) * term  # [B, T]
         if coef != 0.0:
             per_token_loss = per_token_loss + weighted
@@ -352,16 +476,19 @@ def add_loss_regularizers(
             max_completion_length=trainer.max_completion_length,
             num_items_in_batch=inputs.get("num_items_in_batch"),
             num_processes=trainer.accelerator.num_processes,
-            accumulation_steps=_accumulation_steps(trainer),
+            accumulation_steps=accumulation,
             steps_per_generation=trainer.args.steps_per_generation if trainer.model.training else 1,
         )
-        _log_regularizer(trainer, mode, spec, coef, metrics)
-        _log(trainer, mode, f"{spec.metric_prefix}/loss", contribution.item() * _accumulation_steps(trainer))
+        _log_regularizer(trainer, mode, spec, coef, {**metrics, "loss": contribution.item() * accumulation})
     return per_token_loss
 
 
 def parameter_regularizer_loss(trainer, model) -> torch.Tensor | float:
-    """Σ coef · term over parameter-space regularizers, scaled for gradient accumulation (0.0 if none)."""
+    """Σ coef · term over parameter-space regularizers, scaled for gradient accumulation (0.0 if none).
+
+    Coefficients at ``trainer.state.global_step``, as in :func:`add_loss_regularizers`; a zero
+    coefficient adds nothing. Logs ``regularizers/<name>/{value,coef,loss}`` (``loss`` = coef · term).
+    """
     specs = trainer.grpo_custom.placed("parameters")
     if not specs:
         return 0.0
@@ -374,36 +501,132 @@ def parameter_regularizer_loss(trainer, model) -> torch.Tensor | float:
     total = 0.0
     for spec in specs:
         coef = spec.coef_at(step)
-        term, metrics = get_regularizer(spec.name)(reg_inputs, **spec.options)
+        term, metrics = spec.compute(reg_inputs)  # scalar
         if coef != 0.0:
-            total = total + coef * term / _accumulation_steps(trainer)
-        _log_regularizer(trainer, mode, spec, coef, metrics)
-        _log(trainer, mode, f"{spec.metric_prefix}/loss", coef * float(term.detach()))
+            total = total + torch.as_tensor(coef, dtype=term.dtype, device=term.device) * term / _accumulation_steps(
+                trainer
+            )
+        _log_regularizer(trainer, mode, spec, coef, {**metrics, "loss": coef * float(term.detach())})
     return total
 
 
 def save_checkpoint_state(trainer, trial) -> None:
-    """Write grpo-custom's running state (task normalization statistics) into the checkpoint folder."""
+    """Write grpo-custom's running state into the checkpoint folder (``grpo_custom_state.json``).
+
+    The state: the task normalizer's running statistics, and ``state_dict()`` of every reward function
+    that keeps running state (e.g. ``RewardModelReward(normalize="running")``), by reward name.
+    """
     extras = getattr(trainer, "grpo_custom", None)
-    if extras is None or extras.task_normalizer is None or not trainer.args.should_save:
+    stateful = _stateful_reward_functions(trainer)
+    if extras is None or (extras.task_normalizer is None and not stateful) or not trainer.args.should_save:
         return
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     folder = os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+    state = {
+        "task_normalizer": None if extras.task_normalizer is None else extras.task_normalizer.state_dict(),
+        "reward_functions": {name: func.state_dict() for name, func in stateful.items()},
+    }
     with open(os.path.join(folder, STATE_FILE), "w") as handle:
-        json.dump({"task_normalizer": extras.task_normalizer.state_dict()}, handle)
+        json.dump(state, handle)
 
 
 def load_checkpoint_state(trainer, checkpoint) -> None:
     """Restore what :func:`save_checkpoint_state` wrote, when resuming from ``checkpoint``."""
     extras = getattr(trainer, "grpo_custom", None)
-    if extras is None or extras.task_normalizer is None or checkpoint is None:
+    stateful = _stateful_reward_functions(trainer)
+    if extras is None or (extras.task_normalizer is None and not stateful) or checkpoint is None:
         return
     path = os.path.join(checkpoint, STATE_FILE)
+    holders = [f"reward function {name!r}" for name in stateful]
+    if extras.task_normalizer is not None:
+        holders.insert(0, f"task_normalization={extras.task_normalizer.mode!r}")
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"Resuming from {checkpoint} with task_normalization={extras.task_normalizer.mode!r}, but the "
-            f"checkpoint has no {STATE_FILE}: its running statistics would be lost."
+            f"Resuming from {checkpoint} with {', '.join(holders)}, but the checkpoint has no {STATE_FILE}: "
+            "their running statistics would be lost."
         )
     with open(path) as handle:
-        extras.task_normalizer.load_state_dict(json.load(handle)["task_normalizer"])
+        state = json.load(handle)
+    if extras.task_normalizer is not None:
+        if state.get("task_normalizer") is None:
+            raise ValueError(f"{path} holds no task normalizer state, but task_normalization is set.")
+        extras.task_normalizer.load_state_dict(state["task_normalizer"])
+    saved_rewards = state.get("reward_functions", {})
+    for name, func in stateful.items():
+        if name not in saved_rewards:
+            raise ValueError(f"{path} holds no state for reward function {name!r}; saved: {sorted(saved_rewards)}.")
+        func.load_state_dict(saved_rewards[name])
+
+
+def _user_reward_function(func):
+    """The user's reward function inside the trainer's guard and task-routing wrappers."""
+    from .tasks import RoutedRewardFunction
+
+    func = getattr(func, "__wrapped__", func)
+    return func.function if isinstance(func, RoutedRewardFunction) else func
+
+
+def _gathered_task_labels(inputs: list[dict], task_column: str) -> list[str]:
+    """The task label of every completion of the (gathered) generation batch, checked: [N]."""
+    from accelerate.utils import gather_object
+
+    for index, example in enumerate(inputs):
+        label = example.get(task_column)
+        if not isinstance(label, str):
+            found = f"task {label!r}" if task_column in example else f"no {task_column!r} column"
+            raise ValueError(
+                f"task_column={task_column!r}: sample {index} of the batch has {found}; every sample needs a "
+                f"string task label (its columns: {sorted(example)})."
+            )
+    return gather_object([example[task_column] for example in inputs])
+
+
+def _stateful_reward_functions(trainer) -> dict[str, Any]:
+    """The user's reward functions that keep running state (``state_dict``/``load_state_dict``), by name.
+
+    Model rewards (``nn.Module``) are excluded: their ``state_dict`` is weights, not running statistics.
+    """
+    stateful = {}
+    for func, name in zip(getattr(trainer, "reward_funcs", []), getattr(trainer, "reward_func_names", [])):
+        inner = _user_reward_function(func)
+        if isinstance(inner, nn.Module):
+            continue
+        if callable(getattr(inner, "state_dict", None)) and callable(getattr(inner, "load_state_dict", None)):
+            stateful[name] = inner
+    return stateful
+
+
+def task_balanced_sampler(trainer, dataset):
+    """With ``task_balance=True``, the train sampler: a ``TaskBalancedSampler`` in ``RepeatSampler``'s layout.
+
+    Same arguments as TRL's ``RepeatSampler`` (G copies of each prompt, chunks of
+    ``generation_batch_size // G`` prompts, each repeated ``num_iterations * steps_per_generation`` times,
+    seeded with ``args.seed``), so groups stay intact. ``None`` otherwise (TRL's sampler).
+    """
+    args = trainer.args
+    if not _option(args, "task_balance", False):
+        return None
+    from .tasks import TaskBalancedSampler
+
+    return TaskBalancedSampler(
+        dataset,
+        args.task_column,
+        trainer.num_generations,
+        batch_size=args.generation_batch_size // trainer.num_generations,
+        repeat_count=trainer.num_iterations * args.steps_per_generation,
+        seed=args.seed,
+    )
+
+
+def _check_distinct_reward_names(reward_funcs: list) -> None:
+    """TRL logs ``rewards/<name>/...`` per function: a shared and a routed function with one name would mix."""
+    from trl.trainer.utils import get_callable_name
+
+    names = [get_callable_name(func) for func in reward_funcs if callable(func) and not isinstance(func, nn.Module)]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(
+            f"Reward functions {duplicates} appear both in reward_funcs and in task_rewards (or twice); a function "
+            "shared by every task belongs in reward_funcs only, a task's own function in task_rewards only."
+        )

@@ -14,7 +14,9 @@ gradient, so a term must be *inside* ``grpo_compute_loss`` to train (GUIDE §3.5
 - ``grpo_compute_loss`` → a wrapper that adds Σ coef · term to Unsloth's loss, each term weighted
   exactly like Unsloth aggregates its own per-token loss (:func:`token_weights_like_unsloth`);
   it runs inside Unsloth's ``torch.compile(fullgraph=True)`` region, so it is pure tensor math;
-- ``UnslothEfficientGRPO`` → the same class whose ``apply`` first logs the terms' metrics, eagerly.
+- ``UnslothEfficientGRPO`` → the same class whose ``apply`` first logs the terms' metrics, eagerly;
+- the trainer's ``compute_loss`` → token-level advantages [B, T] are first moved into Unsloth's
+  left-packed loss layout (:func:`align_token_advantages`).
 
 Entropy-based regularizers use Unsloth's own chunked entropy (``return_entropy=True`` of its
 recomputing log-softmax, with gradient, chunk by chunk) and its ``UnslothGRPOEntropyBonus``:
@@ -30,6 +32,8 @@ import torch
 
 from .loss_aggregation import token_weights_like_unsloth
 from .regularizers import RegularizerInputs
+from .trainer_hooks import parameter_regularizer_loss
+from .unsloth_layout import completion_to_window
 
 TERMS_KEY = "grpo_custom_terms"
 _current_step: contextvars.ContextVar["FastLossStep | None"] = contextvars.ContextVar("grpo_custom_fast_loss",
@@ -72,7 +76,7 @@ def make_compute_loss(original):
         if not terms:
             return result
         loss = result[0]
-        inputs = _regularizer_inputs(new, old, ref, mask, advantages)
+        inputs = _regularizer_inputs(new, old, ref, mask, advantages, kwargs)
         weights = token_weights_like_unsloth(mask, kwargs)  # [B, T]
         for spec, coef in terms:
             loss = loss + coef.to(loss.device) * (spec.term(inputs).to(torch.float32) * weights).sum()
@@ -82,13 +86,25 @@ def make_compute_loss(original):
     return grpo_compute_loss
 
 
-def _regularizer_inputs(new, old, ref, mask, advantages) -> RegularizerInputs:
-    """Inputs with padding positions zeroed in every log-prob tensor, as Unsloth does before its own terms."""
+def _regularizer_inputs(new, old, ref, mask, advantages, loss_kwargs) -> RegularizerInputs:
+    """Inputs with padding positions zeroed in every log-prob tensor, as Unsloth does before its own terms.
+
+    With ``use_bias_correction_kl`` (TRL's default) the ``importance_ratio`` π/π_old is set exactly as
+    Unsloth's own KL term gets it: token level exp(new − old), or the exp of the masked mean log-ratio
+    per sequence; on-policy (no old log-probs) exp(new − new.detach()), value 1 with the policy's gradient.
+    """
     keep = mask.to(torch.bool)
+    new, old, ref = _masked(new, keep), _masked(old, keep), _masked(ref, keep)
+    ratio = None
+    if loss_kwargs.get("use_bias_correction_kl", False):
+        log_ratio = new - (old if old is not None else new.detach())  # [B, T]
+        if loss_kwargs.get("importance_sampling_level", "token") == "sequence":
+            mask_f = mask.to(log_ratio.dtype)
+            log_ratio = ((log_ratio * mask_f).sum(-1) / mask_f.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # [B, 1]
+        ratio = torch.exp(log_ratio)
     return RegularizerInputs(
-        logps=_masked(new, keep), old_logps=_masked(old, keep), ref_logps=_masked(ref, keep),
-        mask=mask.to(torch.float32), advantages=advantages, entropies=None, model=None,
-        completion_lengths=mask.sum(-1),
+        logps=new, old_logps=old, ref_logps=ref, mask=mask.to(torch.float32), advantages=advantages,
+        entropies=None, model=None, completion_lengths=mask.sum(-1), importance_ratio=ratio,
     )
 
 
@@ -108,7 +124,7 @@ def make_efficient_grpo(original):
             terms = (extra_kwargs or {}).get(TERMS_KEY) or []
             if step is not None and terms:
                 with torch.no_grad():
-                    inputs = _regularizer_inputs(new_logps.detach(), old_logps, ref_logps, mask, advantages)
+                    inputs = _regularizer_inputs(new_logps.detach(), old_logps, ref_logps, mask, advantages, extra_kwargs)
                     weights = token_weights_like_unsloth(mask, extra_kwargs)
                     accumulation = float(extra_kwargs.get("current_gradient_accumulation_steps", 1))
                     for spec, coef in terms:
@@ -119,6 +135,38 @@ def make_efficient_grpo(original):
                                   advantages, beta, scaler, n_chunks, extra_kwargs, upstream_scale)
 
     return EfficientGRPO
+
+
+def align_token_advantages(trainer, inputs: dict) -> torch.Tensor:
+    """Token-level advantages [B, T] moved into Unsloth's loss window [B, max_left_pad + T].
+
+    ``max_left_pad`` is read as Unsloth reads it: from the old/ref log-prob width, else the largest
+    prompt padding (see :mod:`grpo_custom.unsloth_layout`).
+    """
+    advantages, prompt_ids = inputs["advantages"], inputs["prompt_ids"]
+    width = advantages.shape[1]
+    pad_id = trainer.processing_class.pad_token_id
+    old, ref = inputs.get("old_per_token_logps"), inputs.get("ref_per_token_logps")
+    reference = old if old is not None else ref
+    max_left_pad = reference.shape[1] - width if reference is not None else int((prompt_ids == pad_id).sum(1).max())
+    return completion_to_window(advantages, prompt_ids, pad_id, width + max_left_pad)
+
+
+def make_trainer_compute_loss(original):
+    """The trainer's ``compute_loss``: token-level advantages moved into Unsloth's loss layout first,
+    parameter-space regularizers added to the result (TRL's ``_compute_loss``, where the fork adds
+    them, is not called under Unsloth)."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        advantages = inputs.get("advantages")
+        if advantages is not None and advantages.dim() == 2 and inputs.get("pixel_values") is None:
+            inputs = {**inputs, "advantages": align_token_advantages(self, inputs)}
+        loss = original(self, model, inputs, *args, **kwargs)
+        # Parameter-space terms (lora_l2) do not involve log-probs: their own autograd graph carries the gradient.
+        return loss + parameter_regularizer_loss(self, model)
+
+    compute_loss.grpo_custom_original = original
+    return compute_loss
 
 
 def make_accumulated_loss(original):
@@ -217,6 +265,9 @@ def install_loss_terms(module) -> None:
         module.grpo_compute_loss = make_compute_loss(module.grpo_compute_loss)
     if getattr(module.grpo_accumulated_loss, "grpo_custom_original", None) is None:
         module.grpo_accumulated_loss = make_accumulated_loss(module.grpo_accumulated_loss)
+    trainer_base = module._UnslothGRPOTrainer
+    if getattr(trainer_base.compute_loss, "grpo_custom_original", None) is None:
+        trainer_base.compute_loss = make_trainer_compute_loss(trainer_base.compute_loss)
     if getattr(module.UnslothEfficientGRPO, "grpo_custom_original", None) is None:
         module.UnslothEfficientGRPO = make_efficient_grpo(module.UnslothEfficientGRPO)
     if getattr(zoo.grpo_entropy_bonus_weights, "grpo_custom_original", None) is None:
@@ -230,7 +281,7 @@ def remove_loss_terms(module) -> None:
     import unsloth_zoo.rl_replacements as zoo
 
     for owner, name in ((module, "grpo_compute_loss"), (module, "grpo_accumulated_loss"),
-                        (module, "UnslothEfficientGRPO"),
+                        (module, "UnslothEfficientGRPO"), (module._UnslothGRPOTrainer, "compute_loss"),
                         (zoo, "grpo_entropy_bonus_weights"), (zoo, "UnslothGRPOEntropyBonus")):
         original = getattr(getattr(owner, name), "grpo_custom_original", None)
         if original is not None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 TESTED_VERSIONS = {"trl": "1.15.0", "unsloth": "2026.10.7", "unsloth_zoo": "2026.10.7"}
 ALLOW_UNTESTED_ENV = "GRPO_CUSTOM_ALLOW_UNTESTED_VERSIONS"
 GENERATED_MODULE = "UnslothGRPOTrainer"
+# Left in __init__ by Unsloth's rewrite of TRL's PEFT set-up (unsloth 2026.10.7); its absence means the rewrite missed.
+UNSLOTH_PEFT_MARKER = "PEFT initialization logic removed via script"
 _MISSING = object()
 _active: "UnslothPatch | None" = None
 
@@ -171,15 +173,37 @@ def verify_generated(module) -> None:
     if trainer_class is None:
         raise UnslothPatchError(f"{inspect.getfile(module)} has no UnslothGRPOTrainer class.")
     compute_loss = inspect.getsource(trainer_class.compute_loss)
-    for anchor in ("grpo_accumulated_loss(",):
-        if anchor not in compute_loss:
-            raise UnslothPatchError(
-                f"Unsloth's fast loss anchor {anchor!r} is missing from the generated compute_loss: "
-                "the fork would train without Unsloth's chunked loss."
-            )
+    if "grpo_accumulated_loss(" not in compute_loss:
+        raise UnslothPatchError(
+            "Unsloth's fast loss anchor 'grpo_accumulated_loss(' is missing from the generated compute_loss: "
+            "the fork would train without Unsloth's chunked loss."
+        )
+    if UNSLOTH_PEFT_MARKER not in source:
+        raise UnslothPatchError(
+            f"Unsloth's PEFT set-up rewrite ({UNSLOTH_PEFT_MARKER!r}) did not land in the generated __init__: "
+            "an edit of the fork changed the block Unsloth anchors on."
+        )
     for name in ("grpo_compute_loss", "UnslothEfficientGRPO", "grpo_accumulated_loss"):
         if not hasattr(module, name):
             raise UnslothPatchError(f"The generated module lacks Unsloth's {name}; cannot install grpo-custom's loss terms.")
+
+
+def _make_config_honest(trainer_class, unsloth_config_class, plain_config_class) -> None:
+    """Unsloth's config remembers what TRL semantics give for the same arguments; the trainer can report it."""
+    import functools
+
+    from .honest_config import effective_config, record_requested_config
+
+    original_init = unsloth_config_class.__init__
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        record_requested_config(self, plain_config_class, args, kwargs)
+
+    unsloth_config_class.__init__ = __init__
+    trainer_class.effective_config = effective_config
+    trainer_class.grpo_custom_fast_path = True
 
 
 def patch_unsloth() -> UnslothPatch:
@@ -240,6 +264,7 @@ def patch_unsloth() -> UnslothPatch:
         module = sys.modules[trainer_class.__module__]
         verify_generated(module)
         install_loss_terms(module)
+        _make_config_honest(trainer_class, fork.GRPOConfig, plain_config)
     except BaseException as error:
         module = sys.modules.get(getattr(fork.GRPOTrainer, "__module__", ""), None)
         if module is not None and module is not fork and hasattr(module, "grpo_compute_loss"):

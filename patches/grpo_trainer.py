@@ -65,6 +65,7 @@ GRPO_TRAINER_EDITS = (
             "            rewards_per_func=rewards_per_func,\n"
             "            num_generations=num_generations,\n"
             "            completion_mask=completion_mask,\n"
+            "            prompt_ids=prompt_ids,\n"
             "            inputs=inputs,\n"
             "            mode=mode,\n"
             "            ref_per_token_logps=ref_per_token_logps,\n"
@@ -107,5 +108,16 @@ GRPO_TRAINER_EDITS = (
         reason="resuming restores grpo-custom's running statistics exactly",
         anchor="        super()._load_optimizer_and_scheduler(checkpoint)\n",
         text="        grpo_custom_hooks.load_checkpoint_state(self, checkpoint)\n",
+    ),
+    SourceEdit(
+        name="task_balanced_sampler",
+        reason="task_balance=True draws prompts task-balanced, in RepeatSampler's layout so groups stay intact",
+        anchor="            dataset = self.train_dataset\n        return RepeatSampler(\n",
+        replacement=(
+            "            dataset = self.train_dataset\n"
+            "        if (balanced_sampler := grpo_custom_hooks.task_balanced_sampler(self, dataset)) is not None:\n"
+            "            return balanced_sampler\n"
+            "        return RepeatSampler(\n"
+        ),
     ),
 )

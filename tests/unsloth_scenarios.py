@@ -1,0 +1,406 @@
+"""Scenarios run in a fresh process with Unsloth's GPU code path on CPU (GUIDE §2).
+
+``python -m tests.unsloth_scenarios NAME OUT.json``; tests/test_unsloth_fast_path.py starts them
+and asserts on the JSON each writes. Unsloth patches process-wide state at import, and the import
+order is part of what is tested, so every scenario gets its own interpreter.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+SCENARIOS = {}
+
+
+def scenario(function):
+    SCENARIOS[function.__name__] = function
+    return function
+
+
+def _tiny(model_dir, seed=0):
+    from tests.helpers import lora_model
+
+    model, tokenizer = lora_model(model_dir, seed=seed)
+    model.for_training = lambda *args, **kwargs: None  # Unsloth-loaded models have these
+    model.for_inference = lambda *args, **kwargs: None
+    return model, tokenizer
+
+
+def _train(trainer_class, config_class, model_dir, output_dir, steps=2, reward_funcs=None, **overrides):
+    from grpo_custom.length_task import length_dataset
+    from tests.helpers import changed_parameters, cpu_training_kwargs, letter_fraction_reward, snapshot
+
+    model, tokenizer = _tiny(model_dir)
+    before = snapshot(model)
+    args = config_class(**cpu_training_kwargs(output_dir, max_steps=steps, **overrides))
+    trainer = trainer_class(model=model, reward_funcs=reward_funcs or [letter_fraction_reward], args=args,
+                            train_dataset=length_dataset(16), processing_class=tokenizer)
+    trainer.train()
+    trainable, frozen = changed_parameters(model, before)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return trainer, sorted(trainable), sorted(frozen), weights
+
+
+def _generated_diff(stock_text: str, fork_text: str) -> dict:
+    import difflib
+
+    stock_lines = stock_text.replace("grpo_custom_fork", "grpo_trainer").splitlines()
+    fork_lines = fork_text.replace("grpo_custom_fork", "grpo_trainer").splitlines()
+    added, removed = [], []
+    for line in difflib.unified_diff(stock_lines, fork_lines, lineterm="", n=0):
+        if line.startswith("+") and not line.startswith("+++"):
+            added.append(line[1:])
+        elif line.startswith("-") and not line.startswith("---"):
+            removed.append(line[1:])
+    return {"added": added, "removed": removed}
+
+
+def _hooks_in(module) -> dict:
+    import inspect
+
+    from grpo_custom.unsloth_patch import expected_hook_calls
+
+    source = inspect.getsource(module)
+    return {name: f"grpo_custom_hooks.{name}(" in source for name in expected_hook_calls()}
+
+
+@scenario
+def unsloth_first(model_dir, work):
+    """import unsloth (and its rewrite of stock TRL, as on a GPU) → patch_unsloth → train → revert."""
+    import inspect
+
+    import unsloth  # noqa: F401
+    from unsloth.models.rl import _patch_trl_rl_trainers
+
+    _patch_trl_rl_trainers("grpo_trainer")  # what `import unsloth` does at import time on a GPU
+    import trl
+    import unsloth_zoo.rl_replacements as zoo
+
+    stock_trainer, stock_config = trl.GRPOTrainer, trl.GRPOConfig
+    stock_text = open(inspect.getfile(sys.modules[stock_trainer.__module__])).read()
+    stock_module_binding = sys.modules["trl.trainer.grpo_trainer"]
+    zoo_functions = (zoo.grpo_entropy_bonus_weights, zoo.UnslothGRPOEntropyBonus)
+
+    import grpo_custom
+
+    patch = grpo_custom.patch_unsloth()
+    module = patch.module
+    fork_text = open(inspect.getfile(module)).read()
+    from trl import GRPOConfig as TRLConfig, GRPOTrainer as TRLTrainer
+
+    result = {
+        "trl_names_are_fork": TRLTrainer is patch.trainer_class and TRLConfig is patch.config_class,
+        "grpo_custom_names_are_fork": grpo_custom.GRPOTrainer is patch.trainer_class
+        and grpo_custom.GRPOConfig is patch.config_class,
+        "idempotent": grpo_custom.patch_unsloth() is patch,
+        "hooks": _hooks_in(module),
+        "diff": _generated_diff(stock_text, fork_text),
+        "trainer_class": patch.trainer_class.__name__,
+    }
+    stock, _, _, stock_weights = _train(stock_trainer, stock_config, model_dir, os.path.join(work, "stock"), steps=3)
+    fork, trainable, frozen, fork_weights = _train(grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir,
+                                                   os.path.join(work, "fork"), steps=3, check_rewards="off")
+    result["stock_losses"] = [h["loss"] for h in stock.state.log_history if "loss" in h]
+    result["fork_losses"] = [h["loss"] for h in fork.state.log_history if "loss" in h]
+    result["stock_grad_norms"] = [h["grad_norm"] for h in stock.state.log_history if "grad_norm" in h]
+    result["fork_grad_norms"] = [h["grad_norm"] for h in fork.state.log_history if "grad_norm" in h]
+    result["weights_equal"] = all(bool((stock_weights[n] == fork_weights[n]).all()) for n in stock_weights)
+    result["fork_trainable_changed"], result["fork_frozen_changed"] = len(trainable), len(frozen)
+    result["fork_logged_advantages"] = any("advantages/mean" in h for h in fork.state.log_history)
+
+    patch.revert()
+    result["revert"] = {
+        "trl_trainer_is_stock_unsloth": trl.GRPOTrainer is stock_trainer,
+        "trl_config_is_stock_unsloth": trl.GRPOConfig is stock_config,
+        "module_binding_restored": sys.modules["trl.trainer.grpo_trainer"] is stock_module_binding,
+        "zoo_restored": (zoo.grpo_entropy_bonus_weights, zoo.UnslothGRPOEntropyBonus) == zoo_functions,
+        "no_active_patch": grpo_custom.unsloth_patch.active_patch() is None,
+        "grpo_custom_name_is_plain_fork": grpo_custom.GRPOTrainer.__module__ == "trl.trainer.grpo_custom_fork",
+    }
+    again = grpo_custom.patch_unsloth()
+    result["repatch_after_revert"] = again is not patch and again.trainer_class is trl.GRPOTrainer
+    again.revert()
+    return result
+
+
+@scenario
+def grpo_custom_first(model_dir, work):
+    """import grpo_custom → patch_unsloth (imports Unsloth itself) → names → revert to stock TRL."""
+    import grpo_custom
+
+    assert "unsloth" not in sys.modules
+    import trl
+
+    original = trl.GRPOTrainer
+    with grpo_custom.patch_unsloth() as patch:
+        from trl import GRPOTrainer
+        from trl.trainer.grpo_trainer import GRPOTrainer as module_level
+
+        result = {
+            "unsloth_imported": "unsloth" in sys.modules,
+            "trl_name_is_fork": GRPOTrainer is patch.trainer_class and module_level is patch.trainer_class,
+            "grpo_custom_name_is_fork": grpo_custom.GRPOTrainer is patch.trainer_class,
+            "hooks": _hooks_in(patch.module),
+            "doctor_active": "active: UnslothGRPOTrainer" in grpo_custom.unsloth_patch.patch_status(),
+        }
+        _, trainable, frozen, _ = _train(grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir,
+                                         os.path.join(work, "fork"), check_rewards="off")
+        result["trainable_changed"], result["frozen_changed"] = len(trainable), len(frozen)
+    result["reverted_to_stock_trl"] = trl.GRPOTrainer is original
+    return result
+
+
+@scenario
+def broken(model_dir, work):
+    """A fork Unsloth cannot give its fast loss, a dropped hook, a wrong version: clear errors, nothing left patched."""
+    import warnings
+
+    import grpo_custom
+    import grpo_custom.unsloth_patch as unsloth_patch
+    import trl
+    from grpo_custom.source_edit import SourceEdit
+
+    original = trl.GRPOTrainer
+    result = {}
+
+    unsloth_patch.TESTED_VERSIONS = {**unsloth_patch.TESTED_VERSIONS, "unsloth": "2099.1.1"}
+    try:
+        grpo_custom.patch_unsloth()
+    except unsloth_patch.UnslothPatchError as error:
+        result["version_error"] = str(error)
+    os.environ[unsloth_patch.ALLOW_UNTESTED_ENV] = "1"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        unsloth_patch.check_versions()
+    result["version_override_warned"] = any("untested versions" in str(w.message) for w in caught)
+    del os.environ[unsloth_patch.ALLOW_UNTESTED_ENV]
+    unsloth_patch.TESTED_VERSIONS = {**unsloth_patch.TESTED_VERSIONS, "unsloth": "2026.10.7"}
+
+    # An edit that makes Unsloth keep TRL's compute_loss (its opt-out token): the fast loss would be lost.
+    import grpo_custom.patches as patches
+
+    opt_out = SourceEdit.insert_after(
+        "opt_out_of_fast_loss", "test only", "        return self._compute_loss(model, inputs)\n",
+        "        _unsloth_trl_compute_loss = True\n",
+    )
+    original_edits = patches.GRPO_TRAINER_EDITS
+    patches.GRPO_TRAINER_EDITS = original_edits + (opt_out,)
+    try:
+        grpo_custom.patch_unsloth()
+    except unsloth_patch.UnslothPatchError as error:
+        result["lost_fast_loss_error"] = str(error)
+    result["after_lost_fast_loss"] = {"trl_untouched": trl.GRPOTrainer is original,
+                                      "no_active_patch": unsloth_patch.active_patch() is None}
+    patches.GRPO_TRAINER_EDITS = original_edits
+    from grpo_custom.fork import FORK_MODULE_NAME
+
+    del sys.modules[FORK_MODULE_NAME]  # the next patch attempt generates the fork without the test-only edit
+
+    real_expected = unsloth_patch.expected_hook_calls
+    unsloth_patch.expected_hook_calls = lambda: real_expected() + ["hook_that_does_not_exist"]
+    try:
+        grpo_custom.patch_unsloth()
+    except unsloth_patch.UnslothPatchError as error:
+        result["dropped_hook_error"] = str(error)
+    unsloth_patch.expected_hook_calls = real_expected
+    result["after_dropped_hook"] = {"trl_untouched": trl.GRPOTrainer is original,
+                                    "no_active_patch": unsloth_patch.active_patch() is None}
+
+    return result
+
+
+@scenario
+def train_registry(model_dir, work):
+    """Every estimator and regularizer through Unsloth's compiled fast loss, with a reward schedule."""
+    import grpo_custom
+    from tests.helpers import letter_fraction_reward
+
+    def length_bonus(prompts, completions, **kwargs):
+        return [len(c) / 20.0 for c in completions]
+
+    schedule = grpo_custom.RewardSchedule([
+        grpo_custom.Stage(start=0, weights={"letter_fraction_reward": 1.0, "length_bonus": 0.0}, name="letters"),
+        grpo_custom.Stage(start=1, weights={"letter_fraction_reward": 0.5, "length_bonus": 0.5}, name="mixed"),
+    ])
+    runs = {}
+    with grpo_custom.patch_unsloth():
+        cases = [("estimator", name, {"advantage_estimator": name,
+                                      "advantage_estimator_kwargs": {"gamma": 0.9} if name == "reinforce_pp" else None})
+                 for name in grpo_custom.list_advantage_estimators()]
+        regularizer_configs = {
+            "kl": {"name": "kl", "kind": "k2", "coef": grpo_custom.Schedule.linear(0.05, 0.1, 0, 2)},
+            "entropy": {"name": "entropy", "coef": 0.01},
+            "length": {"name": "length", "target": 6, "coef": 0.1},
+            "lora_l2": {"name": "lora_l2", "coef": 1e-3},
+        }
+        for name in grpo_custom.list_regularizers():
+            cases.append(("regularizer", name, {"regularizers": [regularizer_configs[name]]}))
+        cases.append(("regularizer", "kl_reward", {"regularizers": [{"name": "kl", "placement": "reward", "coef": 0.05}]}))
+        for kind, name, overrides in cases:
+            trainer, trainable, frozen, _ = _train(
+                grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir, os.path.join(work, name), steps=2,
+                reward_funcs=[letter_fraction_reward, length_bonus], reward_schedule=schedule, check_rewards="off",
+                **overrides,
+            )
+            logged = [h for h in trainer.state.log_history if "loss" in h]
+            runs[name] = {
+                "kind": kind,
+                "trainable_changed": len(trainable),
+                "frozen_changed": len(frozen),
+                "metric_keys": sorted({k for h in logged for k in h if k.startswith(("regularizers/", "schedule/"))}),
+                "schedule_weights": [h.get("schedule/weight/length_bonus") for h in logged],
+                "finite_losses": all(h["loss"] == h["loss"] for h in logged),
+                "kl_coef": [h.get("regularizers/kl/coef") for h in logged],
+            }
+    return runs
+
+
+@scenario
+def gradients(model_dir, work):
+    """Each loss-placed regularizer's gradient inside Unsloth's chunked loss equals a full-logits reference."""
+    import torch
+
+    import grpo_custom
+    from grpo_custom.loss_aggregation import token_weights_like_unsloth
+    from grpo_custom.regularizers import RegularizerInputs, RegularizerSpec
+    from grpo_custom.unsloth_loss import TERMS_KEY
+
+    torch.manual_seed(0)
+    B, T, H, V = 3, 5, 8, 17
+    results = {}
+    with grpo_custom.patch_unsloth() as patch:
+        module = patch.module
+        import unsloth_zoo.rl_replacements as zoo
+
+        ids = torch.randint(0, V, (B, T))
+        mask = torch.ones(B, T)
+        mask[0, 3:] = 0
+        mask[2, 4:] = 0
+        advantages = torch.randn(B)
+        lm_head = torch.randn(V, H, dtype=torch.float32)
+
+        def fresh_hidden():
+            torch.manual_seed(1)
+            return torch.randn(B, T, H, requires_grad=True)
+
+        with torch.no_grad():
+            base = torch.log_softmax(fresh_hidden() @ lm_head.t(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        old = base + 0.05 * torch.randn(B, T)
+        ref = base + 0.3 * torch.randn(B, T)
+
+        for loss_type in ("dapo", "grpo", "bnpo", "dr_grpo"):
+            kwargs = {"loss_type": loss_type, "max_completion_length": T, "num_items_in_batch": mask.sum(),
+                      "current_gradient_accumulation_steps": 2, "num_processes": 1, "steps_per_generation": 2,
+                      "epsilon_low": 0.2, "epsilon_high": 0.2}
+
+            def fast_grad(terms):
+                hidden = fresh_hidden()
+                logps = module.chunked_hidden_states_selective_log_softmax(hidden, lm_head, ids, 2)
+                loss = module.UnslothEfficientGRPO.apply(logps, old, ref, None, lm_head, ids, mask, advantages, 0.0,
+                                                         None, 1, {**kwargs, TERMS_KEY: terms}, None)[0]
+                loss.backward()
+                return hidden.grad
+
+            without = fast_grad([])
+            for config in ({"name": "kl", "kind": "k1"}, {"name": "kl", "kind": "k2"}, {"name": "kl", "kind": "k3"},
+                           {"name": "kl", "kind": "low_var_kl"}, {"name": "kl", "kind": "abs"},
+                           {"name": "kl", "kind": "k3", "grad_kind": "k2"}):
+                spec = RegularizerSpec.from_config({**config, "coef": 0.7})
+                delta = fast_grad([(spec, torch.tensor(0.7))]) - without
+                hidden = fresh_hidden()
+                logits = hidden @ lm_head.t()  # [B, T, V] full logits: the slow reference
+                logps = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+                keep = mask.bool()
+                inputs = RegularizerInputs(logps=torch.where(keep, logps, 0.0), ref_logps=torch.where(keep, ref, 0.0),
+                                           mask=mask)
+                term = spec.term(inputs)
+                weights = token_weights_like_unsloth(mask, kwargs)
+                (0.7 * (term * weights).sum()).backward()
+                key = f"{loss_type}/kl_{config['kind']}" + (f"_grad_{config['grad_kind']}" if "grad_kind" in config else "")
+                results[key] = float((delta - hidden.grad).abs().max() / hidden.grad.abs().max().clamp(min=1e-12))
+
+            # TRL's use_bias_correction_kl: the KL term times π/π_old, with the ratio's gradient too
+            spec = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "coef": 0.7})
+            corrected = {**kwargs, "use_bias_correction_kl": True}
+            hidden = fresh_hidden()
+            logps = module.chunked_hidden_states_selective_log_softmax(hidden, lm_head, ids, 2)
+            module.UnslothEfficientGRPO.apply(logps, old, ref, None, lm_head, ids, mask, advantages, 0.0, None, 1,
+                                              {**corrected, TERMS_KEY: []}, None)[0].backward()
+            plain = hidden.grad
+            hidden = fresh_hidden()
+            logps = module.chunked_hidden_states_selective_log_softmax(hidden, lm_head, ids, 2)
+            module.UnslothEfficientGRPO.apply(logps, old, ref, None, lm_head, ids, mask, advantages, 0.0, None, 1,
+                                              {**corrected, TERMS_KEY: [(spec, torch.tensor(0.7))]}, None)[0].backward()
+            delta = hidden.grad - plain
+            hidden = fresh_hidden()
+            logps = torch.log_softmax(hidden @ lm_head.t(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            keep = mask.bool()
+            masked_logps, masked_old = torch.where(keep, logps, 0.0), torch.where(keep, old, 0.0)
+            inputs = RegularizerInputs(logps=masked_logps, ref_logps=torch.where(keep, ref, 0.0), mask=mask,
+                                       importance_ratio=torch.exp(masked_logps - masked_old))
+            (0.7 * (spec.term(inputs) * token_weights_like_unsloth(mask, corrected)).sum()).backward()
+            results[f"{loss_type}/kl_k3_bias_corrected"] = float((delta - hidden.grad).abs().max()
+                                                                 / hidden.grad.abs().max())
+
+            # entropy: Unsloth's chunked recomputing log-softmax with entropy, weighted like the loss type
+            hidden = fresh_hidden()
+            _, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
+                hidden, lm_head, ids, chunks=2, return_entropy=True)
+            weights = token_weights_like_unsloth(mask, kwargs)
+            zoo.UnslothGRPOEntropyBonus.apply(entropies, -0.3 * weights, 1.0).backward()
+            fast = hidden.grad
+            hidden = fresh_hidden()
+            log_probs = torch.log_softmax(hidden @ lm_head.t(), -1)  # [B, T, V]
+            full_entropy = -(log_probs.exp() * log_probs).sum(-1)
+            (0.3 * (-full_entropy * weights).sum()).backward()
+            results[f"{loss_type}/entropy"] = float((fast - hidden.grad).abs().max() / hidden.grad.abs().max())
+    return results
+
+
+@scenario
+def honest_config(model_dir, work):
+    """Unsloth's silent config rewrites are reported; options its fast loss ignores raise."""
+    import grpo_custom
+    from grpo_custom.honest_config import UnsupportedOnFastPathError
+    from tests.helpers import cpu_training_kwargs, letter_fraction_reward
+
+    result = {}
+    with grpo_custom.patch_unsloth():
+        from grpo_custom.length_task import length_dataset
+
+        model, tokenizer = _tiny(model_dir)
+        args = grpo_custom.GRPOConfig(**cpu_training_kwargs(os.path.join(work, "a"), loss_type="dapo",
+                                                            check_rewards="off"))
+        trainer = grpo_custom.GRPOTrainer(model=model, reward_funcs=[letter_fraction_reward], args=args,
+                                          train_dataset=length_dataset(16), processing_class=tokenizer)
+        effective = trainer.effective_config()
+        result["differences"] = {k: [repr(a), repr(b)] for k, (a, b) in effective["differences"].items()}
+        result["trainer"] = {k: repr(v) for k, v in effective["trainer"].items()}
+        try:
+            bad = grpo_custom.GRPOConfig(**cpu_training_kwargs(os.path.join(work, "b"), use_adaptive_entropy=True,
+                                                               entropy_coef=0.01, check_rewards="off"))
+            grpo_custom.GRPOTrainer(model=model, reward_funcs=[letter_fraction_reward], args=bad,
+                                    train_dataset=length_dataset(16), processing_class=tokenizer)
+        except UnsupportedOnFastPathError as error:
+            result["adaptive_entropy_error"] = str(error)
+    return result
+
+
+def main() -> None:
+    name, out = sys.argv[1], sys.argv[2]
+    import torch
+
+    torch.set_num_threads(1)
+    from grpo_custom.tiny_model import save_tiny_model
+
+    with tempfile.TemporaryDirectory() as work:
+        model_dir = str(save_tiny_model(os.path.join(work, "tiny")))
+        result = SCENARIOS[name](model_dir, work)
+    with open(out, "w") as handle:
+        json.dump(result, handle, indent=1, default=repr)
+
+
+if __name__ == "__main__":
+    main()
