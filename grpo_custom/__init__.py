@@ -35,6 +35,8 @@ from .rewards import (
     run_in_sandbox,
 )
 from .schedules import RewardSchedule, Schedule, Stage, blend
+from .tasks import TaskNormalizer, TaskRoutingError, audit_tasks, route_rewards
+from .reward_model import RewardModelReward
 from .unsloth_patch import UnslothPatchError, patch_unsloth
 
 __all__ = [
@@ -45,12 +47,16 @@ __all__ = [
     "RegularizerSpec",
     "RewardCheckReport",
     "RewardFunctionError",
+    "RewardModelReward",
     "RewardSchedule",
     "Schedule",
     "Stage",
     "THINK_ANSWER_PATTERN",
+    "TaskNormalizer",
+    "TaskRoutingError",
     "UnslothPatchError",
     "__version__",
+    "audit_tasks",
     "blend",
     "check_reward",
     "code_execution_reward",
@@ -68,6 +74,7 @@ __all__ = [
     "register_advantage_estimator",
     "register_regularizer",
     "reward_length_correlation",
+    "route_rewards",
     "run_in_sandbox",
     "sequence_kl",
     "validate_estimator_options",

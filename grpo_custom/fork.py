@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from .module_loading import exec_module_from_file
 from .source_edit import apply_edits
 
 TRL_VERSION = "1.15.0"
@@ -120,15 +121,7 @@ def load_fork() -> ModuleType:
         return module
     import trl.trainer  # noqa: F401  (the fork's relative imports resolve in this package)
 
-    path = write_fork()
-    spec = importlib.util.spec_from_file_location(FORK_MODULE_NAME, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[FORK_MODULE_NAME] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[FORK_MODULE_NAME]
-        raise
+    module = exec_module_from_file(FORK_MODULE_NAME, str(write_fork()))
     from .honest_config import effective_config
 
     module.GRPOTrainer.effective_config = effective_config

@@ -37,10 +37,11 @@ import importlib
 import importlib.util
 import logging
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import ModuleType
+
+from .module_loading import exec_module_from_file
 from typing import Any
 
 import torch
@@ -90,16 +91,10 @@ def pristine_modeling_module(module_name: str) -> ModuleType:
     original = importlib.import_module(module_name)
     package, leaf = module_name.rsplit(".", 1)
     private_name = f"{package}.{_PRISTINE_PREFIX}{leaf}"
-    spec = importlib.util.spec_from_file_location(private_name, getattr(original, "__file__", None) or "")
-    if spec is None or spec.loader is None:
+    source_file = getattr(original, "__file__", None)
+    if not source_file:
         raise ValueError(f"pristine_modeling_module: cannot re-execute {module_name!r} (no source file found).")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[private_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[private_name]
-        raise
+    module = exec_module_from_file(private_name, source_file)
     _pristine_modules[module_name] = module
     return module
 

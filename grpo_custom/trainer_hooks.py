@@ -18,7 +18,7 @@ from torch import nn
 
 from .estimators import get_advantage_estimator
 from .loss_aggregation import aggregate_like_loss_type
-from .regularizers import RegularizerInputs, RegularizerSpec, get_regularizer
+from .regularizers import RegularizerInputs, RegularizerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -221,12 +221,14 @@ def before_reward_functions(trainer, inputs, prompts, completions) -> dict:
             _log(trainer, mode, f"schedule/weight/{name}", current[index].item())
     if not extras.rewards_checked and extras.check_rewards != "off":
         extras.rewards_checked = True
-        _check_reward_directions(trainer, prompts)
+        _check_reward_directions(trainer, prompts, inputs)
     return context
 
 
-def _check_reward_directions(trainer, prompts) -> None:
+def _check_reward_directions(trainer, prompts, inputs) -> None:
     """``check_reward`` on each rule reward function (the user's function, unguarded and unrouted).
+
+    The probes get the first two samples' prompts and dataset columns (e.g. a ``solution`` column).
 
     Learned rewards (``nn.Module`` and ``RewardModelReward``) are not probed: their preferences are learned,
     not written. Problems are logged as a warning, or raise ``ValueError`` with ``check_rewards="error"``.
@@ -240,7 +242,9 @@ def _check_reward_directions(trainer, prompts) -> None:
         inner = _user_reward_function(func)
         if isinstance(inner, (nn.Module, RewardModelReward)):
             continue
-        report = check_reward(inner, prompts=list(prompts[:2]))
+        columns = {key: [example[key] for example in inputs[:2]] for key in inputs[0]
+                   if key not in ("prompt", "completion", "completion_ids")}
+        report = check_reward(inner, prompts=list(prompts[:2]), columns=columns)
         if not report.ok:
             problems.append(f"reward function {name!r}: " + "; ".join(report.problems))
     if problems:

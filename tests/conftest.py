@@ -12,7 +12,6 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 import pytest
 import torch
 
-from tests.helpers import cpu_training_kwargs  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -112,7 +112,8 @@ def test_broken_patches_raise_by_name_and_leave_nothing_patched(tmp_path_factory
 
 @pytest.mark.slow
 def test_every_estimator_and_regularizer_trains_inside_the_compiled_fast_loss(tmp_path_factory):
-    runs = run_scenario("train_registry", tmp_path_factory, compile_loss=True)
+    runs = dict(run_scenario("train_registry", tmp_path_factory, compile_loss=True))
+    runs.pop("recompiles")
     expected = set(grpo_custom.list_advantage_estimators()) | set(grpo_custom.list_regularizers()) | {"kl_reward"}
     assert set(runs) == expected
     for name, run in runs.items():
@@ -140,3 +141,13 @@ def test_honest_config_reports_unsloth_rewrites_and_rejects_ignored_options(tmp_
     assert result["differences"]["mask_truncated_completions"] == ["False", "True"]
     assert result["trainer"]["advantage_estimator"] == "'grpo'"
     assert "use_adaptive_entropy=True is ignored by Unsloth" in result["adaptive_entropy_error"]
+
+
+@pytest.mark.slow
+def test_scheduled_coefficient_does_not_recompile_the_fast_loss(tmp_path_factory):
+    result = run_scenario("train_registry", tmp_path_factory, compile_loss=True)["recompiles"]
+    coefs = [c for c in result["coefs"] if c is not None]
+    assert len(set(coefs)) == 5  # the coefficient changed at every step
+    graphs = result["graphs_after_each_step"]
+    assert graphs[0] > 0, "the chunk loss was not compiled"
+    assert graphs[-1] == graphs[1], graphs  # no new graph after the first steps, although the coefficient moved

@@ -254,7 +254,35 @@ def train_registry(model_dir, work):
                 "finite_losses": all(h["loss"] == h["loss"] for h in logged),
                 "kl_coef": [h.get("regularizers/kl/coef") for h in logged],
             }
+        runs["recompiles"] = _compiled_graphs_per_step(model_dir, os.path.join(work, "recompile"), schedule)
     return runs
+
+
+def _compiled_graphs_per_step(model_dir, output_dir, schedule) -> dict:
+    """Dynamo's compiled-graph count after each step of a run whose KL coefficient changes every step."""
+    import torch._dynamo.utils as dynamo_utils
+    from transformers import TrainerCallback
+
+    import grpo_custom
+    from grpo_custom.length_task import length_dataset
+    from tests.helpers import cpu_training_kwargs, letter_fraction_reward
+
+    counts = []
+
+    class CountGraphs(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            counts.append(int(dynamo_utils.counters["stats"]["unique_graphs"]))
+
+    model, tokenizer = _tiny(model_dir)
+    coef = grpo_custom.Schedule.linear(0.01, 0.2, 0, 5)
+    args = grpo_custom.GRPOConfig(**cpu_training_kwargs(output_dir, max_steps=5, check_rewards="off",
+                                                        regularizers=[{"name": "kl", "kind": "k3", "coef": coef}]))
+    trainer = grpo_custom.GRPOTrainer(model=model, reward_funcs=[letter_fraction_reward], args=args,
+                                      train_dataset=length_dataset(16), processing_class=tokenizer,
+                                      callbacks=[CountGraphs()])
+    trainer.train()
+    coefs = [h.get("regularizers/kl/coef") for h in trainer.state.log_history if "loss" in h]
+    return {"graphs_after_each_step": counts, "coefs": coefs}
 
 
 @scenario
@@ -404,3 +432,45 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@scenario
+def gpu_4bit(model_dir, work):
+    """On a CUDA GPU: a 4-bit model through FastLanguageModel, patched, trained with grpo-custom's terms."""
+    import torch
+
+    import grpo_custom
+
+    patch = grpo_custom.patch_unsloth()
+    from unsloth import FastLanguageModel
+
+    from grpo_custom.length_task import length_dataset
+    from grpo_custom.tiny_model import save_tiny_model
+    from tests.helpers import changed_parameters, letter_fraction_reward, snapshot
+
+    llama_dir = str(save_tiny_model(os.path.join(work, "tiny_llama"), architecture="llama"))
+    model, tokenizer = FastLanguageModel.from_pretrained(llama_dir, max_seq_length=256, load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"])
+    before = snapshot(model)
+    torch.cuda.reset_peak_memory_stats()
+    args = grpo_custom.GRPOConfig(
+        output_dir=os.path.join(work, "out"), per_device_train_batch_size=8, num_generations=8,
+        max_completion_length=32, max_steps=3, learning_rate=1e-3, logging_steps=1, report_to="none",
+        save_strategy="no", seed=0, check_rewards="off", advantage_estimator="rloo",
+        regularizers=[{"name": "kl", "kind": "k2", "coef": 0.05}, {"name": "entropy", "coef": 0.001}],
+    )
+    trainer = grpo_custom.GRPOTrainer(model=model, reward_funcs=[letter_fraction_reward], args=args,
+                                      train_dataset=length_dataset(32), processing_class=tokenizer)
+    trainer.train()
+    trainable, frozen = changed_parameters(model, before)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    result = {
+        "device": torch.cuda.get_device_name(0),
+        "trainable_changed": len(trainable),
+        "frozen_changed": len(frozen),
+        "metric_keys": sorted({k for h in logged for k in h if k.startswith("regularizers/")}),
+        "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
+        "trainer_class": type(trainer).__name__,
+    }
+    patch.revert()
+    return result

@@ -1,0 +1,452 @@
+"""Peak memory and time of Unsloth's chunked GRPO loss with and without grpo-custom's regularizers.
+
+One measurement is the forward + backward of the loss Unsloth's generated trainer computes from
+the policy's last hidden states h [B, T, H] (requires grad) and a frozen output head W [V, H]:
+
+- per-token log-probs from the chunked hidden-state log-softmax (no [B, T, V] tensor is built;
+  chunks = B · 4, Unsloth's default multiplier for T ≤ 16k);
+- ``UnslothEfficientGRPO.apply`` (loss_type "dapo"), with grpo-custom's log-prob terms passed in
+  its kwargs under ``grpo_custom.unsloth_loss.TERMS_KEY`` exactly as the trainer passes them;
+- ``loss.backward()``.
+
+Variants: ``base``; ``kl k3``; ``kl k3 (k2 grad)`` (k3 value, k2 straight-through gradient);
+``entropy`` (Unsloth's recomputing chunked log-softmax with ``return_entropy=True`` and
+``UnslothGRPOEntropyBonus`` with grpo-custom's loss-type weights, as the trainer runs an entropy
+regularizer); ``base (recompute logps)`` (the same recomputing kernel without entropy: the
+like-for-like reference for ``entropy``, since Unsloth switches kernels when entropy is on);
+``naive entropy`` (full logits h @ Wᵀ → log_softmax → entropy and log-probs, plain autograd).
+
+Targets: entropy ≤ 1.1× the peak memory and ≤ 1.3× the time of ``base``; at V = 151936 the naive
+entropy ≥ 4× the peak memory of ``entropy``. The script prints a markdown report and exits 0
+whatever the verdicts (it is a benchmark; the verdicts are in the report).
+
+    python benchmarks/bench_loss.py [--device auto|cpu|cuda] [--smoke] [--repeats K] [--output PATH]
+
+On CPU, Unsloth's GPU code path runs with ``UNSLOTH_ALLOW_CPU=1`` (set here before Unsloth is
+imported) and torch.compile off. A full run writes ``benchmarks/RESULTS_loss_<device>.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import gc
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+VOCAB_SIZES = (32000, 151936)
+SIZES = {  # (batch B, completion tokens T, hidden H)
+    "smoke": (8, 8, 64),
+    "cpu": (4, 128, 256),
+    "cuda": (8, 1024, 4096),
+}
+DEFAULT_REPEATS = {"smoke": 2, "cpu": 3, "cuda": 5}
+ENTROPY_COEF = 0.01
+KL_COEF = 0.05
+MEMORY_TARGET = 1.1  # entropy peak memory / base
+TIME_TARGET = 1.3  # entropy median time / base
+NAIVE_TARGET = 4.0  # naive entropy peak memory / entropy, at the largest vocabulary
+NAIVE_TARGET_VOCAB = 151936
+RESULTS_DIR = Path(__file__).resolve().parent
+MIB = 1024.0 * 1024.0
+
+
+def configure_unsloth_environment(device: str, work_dir: str) -> None:
+    """Set the environment Unsloth reads at import: its GPU path on CPU when ``device`` is "cpu".
+
+    Must run before ``unsloth`` is imported; raises RuntimeError if it already was on a CPU run
+    without ``UNSLOTH_ALLOW_CPU=1`` (Unsloth would not have loaded its GPU path).
+    """
+    if device == "cpu":
+        if "unsloth" in sys.modules and os.environ.get("UNSLOTH_ALLOW_CPU") != "1":
+            raise RuntimeError("bench_loss: unsloth was imported before UNSLOTH_ALLOW_CPU=1 could be set; "
+                               "run the benchmark in a fresh interpreter.")
+        os.environ["UNSLOTH_ALLOW_CPU"] = "1"
+        os.environ.setdefault("UNSLOTH_COMPILE_DISABLE", "1")
+        os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # same math as compiled, much faster on CPU
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", os.path.join(work_dir, "unsloth_compiled"))
+    os.environ.setdefault("GRPO_CUSTOM_CACHE_DIR", os.path.join(work_dir, "fork_cache"))
+    os.environ.setdefault("UNSLOTH_GRPO_SEQ_PACKING", "0")
+    os.environ.setdefault("UNSLOTH_GRPO_PREFIX_GROUPER", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class CpuPeakMemory:
+    """Peak resident memory of this process since :meth:`reset`, in bytes (Linux, glibc).
+
+    The kernel's peak-RSS mark (VmHWM) is reset to the current RSS by writing 5 to
+    /proc/self/clear_refs; the peak is VmHWM minus the RSS at reset. glibc's mmap threshold is
+    fixed at 256 KiB (so freed tensors go back to the OS at once) and ``malloc_trim`` runs before
+    each reset, so every variant starts from the same resident baseline in one process. Create it
+    after the timing runs: the fixed threshold (more page faults) would slow them.
+    """
+
+    method = ("CPU, in one process: peak RSS increase (VmHWM − VmRSS) during one forward + backward over the RSS "
+              "after inputs are allocated; the peak is reset per variant via /proc/self/clear_refs, glibc's mmap "
+              "threshold fixed at 256 KiB and malloc_trim before each reset (memory runs come after all timing "
+              "runs, which use glibc's default allocator); W and h are in the baseline, h.grad is in the peak")
+
+    def __init__(self):
+        if not sys.platform.startswith("linux"):
+            raise RuntimeError(f"bench_loss: CPU peak memory needs Linux /proc, not {sys.platform!r}.")
+        try:
+            self._libc = ctypes.CDLL("libc.so.6")
+        except OSError as error:
+            raise RuntimeError(f"bench_loss: CPU peak memory needs glibc (libc.so.6): {error}") from error
+        m_mmap_threshold = -3
+        if self._libc.mallopt(m_mmap_threshold, 256 * 1024) != 1:
+            raise RuntimeError("bench_loss: glibc mallopt(M_MMAP_THRESHOLD) failed.")
+        self._baseline = 0
+
+    @staticmethod
+    def _status_bytes(field: str) -> int:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"bench_loss: /proc/self/status has no {field} line.")
+
+    def reset(self) -> None:
+        """Free what can be freed, then start a new peak from the current RSS."""
+        gc.collect()
+        self._libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        self._baseline = self._status_bytes("VmRSS")
+
+    def peak(self) -> int:
+        """Bytes of the highest RSS since :meth:`reset`, above the RSS at reset."""
+        return self._status_bytes("VmHWM") - self._baseline
+
+
+class CudaPeakMemory:
+    """Peak CUDA memory allocated since :meth:`reset`, above what was allocated at reset, in bytes."""
+
+    method = ("CUDA: torch.cuda.max_memory_allocated − memory_allocated after inputs are allocated, during one "
+              "forward + backward (reset_peak_memory_stats per variant); W and h are in the baseline, h.grad is "
+              "in the peak")
+
+    def __init__(self):
+        import torch
+
+        self._torch = torch
+        self._baseline = 0
+
+    def reset(self) -> None:
+        """Free cached blocks, then start a new peak from the memory allocated now."""
+        gc.collect()
+        self._torch.cuda.synchronize()
+        self._torch.cuda.empty_cache()
+        self._torch.cuda.reset_peak_memory_stats()
+        self._baseline = self._torch.cuda.memory_allocated()
+
+    def peak(self) -> int:
+        """Bytes of the highest allocation since :meth:`reset`, above the allocation at reset."""
+        self._torch.cuda.synchronize()
+        return self._torch.cuda.max_memory_allocated() - self._baseline
+
+
+@dataclass
+class LossProblem:
+    """Inputs of one vocabulary size, shaped as Unsloth's ``grpo_accumulated_loss`` receives them.
+
+    Args:
+        hidden: h [B, T, H], leaf, requires grad.
+        lm_head: W [V, H], frozen.
+        ids: completion token ids [B, T].
+        mask: completion mask [B, T] (float; every row has padding at its end).
+        advantages: [B].
+        ref_logps: reference log-probs [B, T].
+        loss_kwargs: the kwargs Unsloth passes to ``grpo_compute_loss``.
+        chunks: row chunks of the chunked log-softmax.
+    """
+
+    hidden: object
+    lm_head: object
+    ids: object
+    mask: object
+    advantages: object
+    ref_logps: object
+    loss_kwargs: dict
+    chunks: int
+
+
+def make_problem(module, batch: int, tokens: int, hidden_size: int, vocab: int, device: str, seed: int = 0):
+    """Random inputs for one vocabulary size (float32 on CPU, bfloat16 h and W on CUDA)."""
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lm_head = (torch.randn(vocab, hidden_size, generator=generator) / hidden_size**0.5).to(device, dtype)
+    hidden = torch.randn(batch, tokens, hidden_size, generator=generator).to(device, dtype).requires_grad_()
+    ids = torch.randint(0, vocab, (batch, tokens), generator=generator).to(device)
+    lengths = torch.randint(tokens // 2, tokens + 1, (batch,), generator=generator)
+    mask = (torch.arange(tokens).unsqueeze(0) < lengths.unsqueeze(1)).to(device, torch.float32)  # [B, T]
+    advantages = torch.randn(batch, generator=generator).to(device)
+    chunks = batch * max(4, tokens // 4096)
+    with torch.no_grad():
+        logps = module.chunked_hidden_states_selective_log_softmax(hidden, lm_head, ids, chunks)  # [B, T]
+    ref_logps = logps + 0.1 * torch.randn(batch, tokens, generator=generator).to(device)  # [B, T]
+    loss_kwargs = {"loss_type": "dapo", "num_items_in_batch": mask.sum(), "max_completion_length": tokens,
+                   "current_gradient_accumulation_steps": 1, "num_processes": 1,
+                   "epsilon_low": 0.2, "epsilon_high": 0.2}
+    return LossProblem(hidden, lm_head, ids, mask, advantages, ref_logps, loss_kwargs, chunks)
+
+
+def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
+    """Name → function returning the scalar loss of one variant (backward is the caller's)."""
+    import torch
+    import unsloth_zoo.rl_replacements as zoo
+
+    from grpo_custom.loss_aggregation import token_weights_like_unsloth
+    from grpo_custom.regularizers import RegularizerSpec
+    from grpo_custom.unsloth_loss import TERMS_KEY
+
+    kl_k3 = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "coef": KL_COEF})
+    kl_k3_k2_grad = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "grad_kind": "k2", "coef": KL_COEF})
+
+    def fast_loss(problem: LossProblem, logps, terms):
+        kwargs = {**problem.loss_kwargs, TERMS_KEY: terms}
+        return module.UnslothEfficientGRPO.apply(
+            logps, None, problem.ref_logps, None, problem.lm_head, problem.ids, problem.mask, problem.advantages,
+            0.0, None, 1, kwargs, None)[0]
+
+    def chunked_logps(problem: LossProblem):
+        return module.chunked_hidden_states_selective_log_softmax(problem.hidden, problem.lm_head, problem.ids,
+                                                                  problem.chunks)  # [B, T]
+
+    def entropy_weights(problem: LossProblem):
+        # the entropy regularizer's term is -H: Σ w·H with w = -coef · loss-type weights
+        return -ENTROPY_COEF * token_weights_like_unsloth(problem.mask, problem.loss_kwargs)  # [B, T]
+
+    def base(problem):
+        return fast_loss(problem, chunked_logps(problem), [])
+
+    def with_kl_k3(problem):
+        return fast_loss(problem, chunked_logps(problem), [(kl_k3, torch.tensor(KL_COEF))])
+
+    def with_kl_k3_k2_grad(problem):
+        return fast_loss(problem, chunked_logps(problem), [(kl_k3_k2_grad, torch.tensor(KL_COEF))])
+
+    def base_recompute(problem):
+        logps = zoo.chunked_hidden_states_selective_log_softmax_recompute(
+            problem.hidden, problem.lm_head, problem.ids, chunks=problem.chunks)  # [B, T]
+        return fast_loss(problem, logps, [])
+
+    def with_entropy(problem):
+        logps, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
+            problem.hidden, problem.lm_head, problem.ids, chunks=problem.chunks, return_entropy=True)  # [B, T] each
+        bonus = zoo.UnslothGRPOEntropyBonus.apply(entropies, entropy_weights(problem), 1.0)
+        return fast_loss(problem, logps, []) + bonus
+
+    def naive_entropy(problem):
+        logits = (problem.hidden @ problem.lm_head.t()).float()  # [B, T, V]
+        log_probs = torch.log_softmax(logits, dim=-1)  # [B, T, V]
+        entropies = -(log_probs.exp() * log_probs).sum(-1)  # [B, T]
+        logps = log_probs.gather(-1, problem.ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        return fast_loss(problem, logps, []) + (entropies * entropy_weights(problem)).sum()
+
+    return {
+        "base": base,
+        "kl k3": with_kl_k3,
+        "kl k3 (k2 grad)": with_kl_k3_k2_grad,
+        "entropy": with_entropy,
+        "base (recompute logps)": base_recompute,
+        "naive entropy": naive_entropy,
+    }
+
+
+@dataclass
+class Measurement:
+    """Peak memory (bytes above the inputs) and wall-clock seconds of each timed forward + backward."""
+
+    peak_bytes: int
+    seconds: list
+
+    @property
+    def median_seconds(self) -> float:
+        """Median of the timed repeats."""
+        return statistics.median(self.seconds)
+
+
+def forward_backward(loss_fn, problem: LossProblem) -> None:
+    """One forward + backward of ``loss_fn``; h.grad is dropped before and after."""
+    problem.hidden.grad = None
+    loss_fn(problem).backward()
+    problem.hidden.grad = None
+
+
+def time_variants(variants: dict, problem: LossProblem, synchronize, repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` forward + backward per variant, after one warm-up of each.
+
+    Rounds interleave the variants, so a change of machine load hits all of them alike.
+    """
+    for loss_fn in variants.values():
+        forward_backward(loss_fn, problem)
+    seconds = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, loss_fn in variants.items():
+            synchronize()
+            start = time.perf_counter()
+            forward_backward(loss_fn, problem)
+            synchronize()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def peak_memory(loss_fn, problem: LossProblem, meter) -> int:
+    """Peak bytes above the inputs during one (already warmed-up) forward + backward."""
+    meter.reset()
+    forward_backward(loss_fn, problem)
+    return meter.peak()
+
+
+def target_checks(results: dict) -> list[tuple[int, str, float, str, bool]]:
+    """(vocab, check, value, target text, passed) for every target of the issue."""
+    checks = []
+    for vocab, by_variant in results.items():
+        base, entropy = by_variant["base"], by_variant["entropy"]
+        memory = entropy.peak_bytes / base.peak_bytes
+        checks.append((vocab, "entropy peak memory / base", memory, f"≤ {MEMORY_TARGET}", memory <= MEMORY_TARGET))
+        duration = entropy.median_seconds / base.median_seconds
+        checks.append((vocab, "entropy time / base", duration, f"≤ {TIME_TARGET}", duration <= TIME_TARGET))
+        if vocab == NAIVE_TARGET_VOCAB:
+            naive = by_variant["naive entropy"].peak_bytes / entropy.peak_bytes
+            checks.append((vocab, "naive entropy peak memory / entropy", naive, f"≥ {NAIVE_TARGET}",
+                           naive >= NAIVE_TARGET))
+    return checks
+
+
+def machine_header(device: str, sizes: tuple, repeats: int, meter) -> list[str]:
+    """Markdown lines naming the machine, library versions, sizes and how memory and time are measured."""
+    import torch
+
+    if device == "cuda":
+        machine = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    else:
+        machine = f"CPU {_cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+    versions = ", ".join(f"{name} {importlib.metadata.version(name)}"
+                         for name in ("torch", "trl", "transformers", "unsloth", "unsloth_zoo", "grpo-custom"))
+    batch, tokens, hidden_size = sizes
+    dtype = "bfloat16 h and W (logits in float32)" if device == "cuda" else "float32"
+    return [
+        f"- machine: {machine}; {platform.system()} {platform.release()}, Python {platform.python_version()}",
+        f"- versions: {versions}",
+        f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')}",
+        f"- sizes: B={batch}, T={tokens}, H={hidden_size}, {dtype}; loss_type dapo; log-softmax chunks B·4 = "
+        f"{batch * max(4, tokens // 4096)}; regularizer coefs kl {KL_COEF}, entropy {ENTROPY_COEF}",
+        f"- memory: {meter.method}",
+        f"- time: median of {repeats} forward + backward per variant after 1 warm-up each, wall clock, rounds "
+        "interleaving the variants" + (" (torch.cuda.synchronize around each)" if device == "cuda" else ""),
+    ]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown model"
+
+
+def format_report(results: dict, header: list[str], title: str) -> str:
+    """The markdown report: header, one table row per (vocab, variant), then the target verdicts."""
+    lines = [f"# {title}", "", *header, "",
+             "| vocab | variant | peak memory (MiB) | memory × base | median time (ms) | time × base |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for vocab, by_variant in results.items():
+        base = by_variant["base"]
+        for name, measured in by_variant.items():
+            lines.append(f"| {vocab} | {name} | {measured.peak_bytes / MIB:.1f} | "
+                         f"{measured.peak_bytes / base.peak_bytes:.2f} | {measured.median_seconds * 1e3:.1f} | "
+                         f"{measured.median_seconds / base.median_seconds:.2f} |")
+    lines += ["", "| vocab | check | value | target | verdict |", "|---:|---|---:|---|---|"]
+    for vocab, check, value, target, passed in target_checks(results):
+        lines.append(f"| {vocab} | {check} | {value:.2f} | {target} | {'PASS' if passed else 'FAIL'} |")
+    lines += ["", "Like-for-like (same recomputing kernel): entropy / base (recompute logps) = "
+              + "; ".join(f"V={vocab}: memory {v['entropy'].peak_bytes / v['base (recompute logps)'].peak_bytes:.2f}×,"
+                          f" time {v['entropy'].median_seconds / v['base (recompute logps)'].median_seconds:.2f}×"
+                          for vocab, v in results.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def resolve_device(requested: str) -> str:
+    """"auto" → "cuda" when CUDA is present, else "cpu"; "cuda" without CUDA raises ValueError."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("bench_loss: --device cuda was requested but torch.cuda.is_available() is False.")
+    return requested
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, print the markdown report (and write it for full runs).
+
+    Returns:
+        {"results": {vocab: {variant: Measurement}}, "checks": target_checks(...), "report": markdown}.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes B,T,H = {SIZES['smoke']} (CI)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (median reported)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="markdown file to write (default: benchmarks/RESULTS_loss_<device>.md; "
+                             "--smoke writes none unless given)")
+    options = parser.parse_args(argv)
+    if options.repeats is not None and options.repeats < 1:
+        parser.error(f"--repeats must be ≥ 1, got {options.repeats}")
+
+    device = resolve_device(options.device)
+    mode = "smoke" if options.smoke else device
+    repeats = options.repeats or DEFAULT_REPEATS[mode]
+    output = options.output
+    if output is None and not options.smoke:
+        output = RESULTS_DIR / f"RESULTS_loss_{device}.md"
+
+    with tempfile.TemporaryDirectory(prefix="bench_loss_") as work_dir:
+        configure_unsloth_environment(device, work_dir)
+        import torch
+
+        import grpo_custom
+
+        if device == "cpu":
+            torch.set_num_threads(1)
+        module = grpo_custom.patch_unsloth().module
+        variants = build_variants(module)
+        problems = {vocab: make_problem(module, *SIZES[mode], vocab, device) for vocab in VOCAB_SIZES}
+        synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        seconds = {vocab: time_variants(variants, problem, synchronize, repeats) for vocab, problem in problems.items()}
+        meter = CudaPeakMemory() if device == "cuda" else CpuPeakMemory()
+        results = {vocab: {name: Measurement(peak_memory(loss_fn, problem, meter), seconds[vocab][name])
+                           for name, loss_fn in variants.items()}
+                   for vocab, problem in problems.items()}
+        del problems
+        header = machine_header(device, SIZES[mode], repeats, meter)
+
+    title = f"Unsloth chunked GRPO loss with grpo-custom regularizers: {device.upper()}{' (smoke sizes)' * options.smoke}"
+    if device == "cpu":
+        header.append("- measured on CPU only (Unsloth's GPU path with UNSLOTH_ALLOW_CPU=1, torch.compile off); "
+                      "GPU numbers are unmeasured here: run `python benchmarks/bench_loss.py --device cuda`")
+    report = format_report(results, header, title)
+    print(report)
+    if output is not None:
+        output.write_text(report)
+        print(f"written to {output}")
+    return {"results": results, "checks": target_checks(results), "report": report}
+
+
+if __name__ == "__main__":
+    main()
