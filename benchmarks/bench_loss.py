@@ -48,7 +48,7 @@ SIZES = {  # (batch B, completion tokens T, hidden H)
     "cpu": (4, 128, 256),
     "cuda": (8, 1024, 4096),
 }
-DEFAULT_REPEATS = {"smoke": 2, "cpu": 3, "cuda": 5}
+DEFAULT_REPEATS = {"smoke": 1, "cpu": 3, "cuda": 5}
 ENTROPY_COEF = 0.01
 KL_COEF = 0.05
 MEMORY_TARGET = 1.1  # entropy peak memory / base
@@ -83,16 +83,18 @@ class CpuPeakMemory:
     """Peak resident memory of this process since :meth:`reset`, in bytes (Linux, glibc).
 
     The kernel's peak-RSS mark (VmHWM) is reset to the current RSS by writing 5 to
-    /proc/self/clear_refs; the peak is VmHWM minus the RSS at reset. glibc's mmap threshold is
-    fixed at 256 KiB (so freed tensors go back to the OS at once) and ``malloc_trim`` runs before
-    each reset, so every variant starts from the same resident baseline in one process. Create it
-    after the timing runs: the fixed threshold (more page faults) would slow them.
+    /proc/self/clear_refs; the peak is VmHWM minus the RSS at reset. While measuring, glibc's mmap
+    threshold is fixed at 256 KiB (freed tensors go back to the OS at once) and ``malloc_trim``
+    runs before each reset, so every variant starts from the same resident baseline in one process.
     """
 
     method = ("CPU, in one process: peak RSS increase (VmHWM − VmRSS) during one forward + backward over the RSS "
-              "after inputs are allocated; the peak is reset per variant via /proc/self/clear_refs, glibc's mmap "
-              "threshold fixed at 256 KiB and malloc_trim before each reset (memory runs come after all timing "
-              "runs, which use glibc's default allocator); W and h are in the baseline, h.grad is in the peak")
+              "after inputs are allocated; the peak is reset per variant via /proc/self/clear_refs, with glibc's "
+              "mmap threshold fixed at 256 KiB and malloc_trim before each reset (memory runs come before the timing "
+              "runs, which use glibc's steady-state thresholds, mmap 32 MiB / trim 64 MiB); W and h are in the "
+              "baseline, h.grad is in the peak")
+    _M_TRIM_THRESHOLD = -1
+    _M_MMAP_THRESHOLD = -3
 
     def __init__(self):
         if not sys.platform.startswith("linux"):
@@ -101,10 +103,18 @@ class CpuPeakMemory:
             self._libc = ctypes.CDLL("libc.so.6")
         except OSError as error:
             raise RuntimeError(f"bench_loss: CPU peak memory needs glibc (libc.so.6): {error}") from error
-        m_mmap_threshold = -3
-        if self._libc.mallopt(m_mmap_threshold, 256 * 1024) != 1:
-            raise RuntimeError("bench_loss: glibc mallopt(M_MMAP_THRESHOLD) failed.")
+        self._set_thresholds(mmap_bytes=256 * 1024, trim_bytes=128 * 1024)
         self._baseline = 0
+
+    def _set_thresholds(self, mmap_bytes: int, trim_bytes: int) -> None:
+        if (self._libc.mallopt(self._M_MMAP_THRESHOLD, mmap_bytes) != 1
+                or self._libc.mallopt(self._M_TRIM_THRESHOLD, trim_bytes) != 1):
+            raise RuntimeError(f"bench_loss: glibc mallopt refused mmap threshold {mmap_bytes}, trim {trim_bytes}.")
+
+    def prepare_timing(self) -> None:
+        """Allocator settings for the timing runs: glibc's own steady state for large tensors
+        (its dynamic mmap threshold tops out at 32 MiB, trim at twice that), no measuring overhead."""
+        self._set_thresholds(mmap_bytes=32 * 1024 * 1024, trim_bytes=64 * 1024 * 1024)
 
     @staticmethod
     def _status_bytes(field: str) -> int:
@@ -131,14 +141,17 @@ class CudaPeakMemory:
     """Peak CUDA memory allocated since :meth:`reset`, above what was allocated at reset, in bytes."""
 
     method = ("CUDA: torch.cuda.max_memory_allocated − memory_allocated after inputs are allocated, during one "
-              "forward + backward (reset_peak_memory_stats per variant); W and h are in the baseline, h.grad is "
-              "in the peak")
+              "forward + backward (reset_peak_memory_stats per variant); W and h are in the baseline, h.grad is in "
+              "the peak")
 
     def __init__(self):
         import torch
 
         self._torch = torch
         self._baseline = 0
+
+    def prepare_timing(self) -> None:
+        """Nothing to change: the caching allocator is what training uses."""
 
     def reset(self) -> None:
         """Free cached blocks, then start a new peak from the memory allocated now."""
@@ -285,12 +298,10 @@ def forward_backward(loss_fn, problem: LossProblem) -> None:
 
 
 def time_variants(variants: dict, problem: LossProblem, synchronize, repeats: int) -> dict[str, list[float]]:
-    """Seconds of ``repeats`` forward + backward per variant, after one warm-up of each.
+    """Seconds of ``repeats`` forward + backward per variant (run every variant once before).
 
     Rounds interleave the variants, so a change of machine load hits all of them alike.
     """
-    for loss_fn in variants.values():
-        forward_backward(loss_fn, problem)
     seconds = {name: [] for name in variants}
     for _ in range(repeats):
         for name, loss_fn in variants.items():
@@ -303,7 +314,7 @@ def time_variants(variants: dict, problem: LossProblem, synchronize, repeats: in
 
 
 def peak_memory(loss_fn, problem: LossProblem, meter) -> int:
-    """Peak bytes above the inputs during one (already warmed-up) forward + backward."""
+    """Peak bytes above the inputs during one forward + backward (run it once before)."""
     meter.reset()
     forward_backward(loss_fn, problem)
     return meter.peak()
@@ -344,8 +355,8 @@ def machine_header(device: str, sizes: tuple, repeats: int, meter) -> list[str]:
         f"- sizes: B={batch}, T={tokens}, H={hidden_size}, {dtype}; loss_type dapo; log-softmax chunks B·4 = "
         f"{batch * max(4, tokens // 4096)}; regularizer coefs kl {KL_COEF}, entropy {ENTROPY_COEF}",
         f"- memory: {meter.method}",
-        f"- time: median of {repeats} forward + backward per variant after 1 warm-up each, wall clock, rounds "
-        "interleaving the variants" + (" (torch.cuda.synchronize around each)" if device == "cuda" else ""),
+        f"- time: median of {repeats} forward + backward per variant, wall clock, in rounds interleaving the "
+        "variants; every variant ran once per vocab size before any measurement (warm-up)" + (" (torch.cuda.synchronize around each)" if device == "cuda" else ""),
     ]
 
 
@@ -427,12 +438,18 @@ def main(argv: list[str] | None = None) -> dict:
         module = grpo_custom.patch_unsloth().module
         variants = build_variants(module)
         problems = {vocab: make_problem(module, *SIZES[mode], vocab, device) for vocab in VOCAB_SIZES}
-        synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        seconds = {vocab: time_variants(variants, problem, synchronize, repeats) for vocab, problem in problems.items()}
         meter = CudaPeakMemory() if device == "cuda" else CpuPeakMemory()
-        results = {vocab: {name: Measurement(peak_memory(loss_fn, problem, meter), seconds[vocab][name])
-                           for name, loss_fn in variants.items()}
-                   for vocab, problem in problems.items()}
+        peaks = {}
+        for vocab, problem in problems.items():
+            for loss_fn in variants.values():  # warm-up: lazy initialisation, torch.compile on CUDA
+                forward_backward(loss_fn, problem)
+            peaks[vocab] = {name: peak_memory(loss_fn, problem, meter) for name, loss_fn in variants.items()}
+        meter.prepare_timing()
+        synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        results = {}
+        for vocab, problem in problems.items():
+            seconds = time_variants(variants, problem, synchronize, repeats)
+            results[vocab] = {name: Measurement(peaks[vocab][name], seconds[name]) for name in variants}
         del problems
         header = machine_header(device, SIZES[mode], repeats, meter)
 

@@ -449,7 +449,9 @@ def gpu_4bit(model_dir, work):
     from tests.helpers import changed_parameters, letter_fraction_reward, snapshot
 
     llama_dir = str(save_tiny_model(os.path.join(work, "tiny_llama"), architecture="llama"))
-    model, tokenizer = FastLanguageModel.from_pretrained(llama_dir, max_seq_length=256, load_in_4bit=True)
+    use_vllm = os.environ.get("GRPO_CUSTOM_TEST_VLLM") == "1"
+    model, tokenizer = FastLanguageModel.from_pretrained(llama_dir, max_seq_length=256, load_in_4bit=True,
+                                                         fast_inference=use_vllm)
     model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"])
     before = snapshot(model)
     torch.cuda.reset_peak_memory_stats()
@@ -471,6 +473,7 @@ def gpu_4bit(model_dir, work):
         "metric_keys": sorted({k for h in logged for k in h if k.startswith("regularizers/")}),
         "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
         "trainer_class": type(trainer).__name__,
+        "used_vllm": bool(getattr(trainer, "use_vllm", False)),
     }
     patch.revert()
     return result
