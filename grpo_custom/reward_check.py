@@ -31,7 +31,7 @@ from grpo_custom.reward_guard import classify_reward_value
 
 DEFAULT_TARGET = 20
 LENGTH_PROBES = ("empty", "very_short", "far_short", "near", "far_long", "very_long")
-OTHER_PROBES = ("repeated", "garbage", "think_answer", "boxed_answer")
+OTHER_PROBES = ("repeated", "garbage", "think_answer", "boxed_answer")  # + "column_answer" when columns are given
 DIRECTION_RHO_THRESHOLD = 0.5
 DIRECTION_FIX = "GRPO maximizes reward: use -|d|, 1/(1+|d|) or exp(-k|d|) with d = length - target"
 _WORDS = ("the", "answer", "is", "a", "small", "number", "because", "we", "add", "two", "and", "three", "so", "it")
@@ -235,6 +235,12 @@ def check_reward(
 
     rng = random.Random(seed)
     samples = [_probe_texts(target, unit, rng) for _ in range(n_samples)]
+    if columns:
+        # A completion that states the sample's column values (e.g. its reference solution), so a reward
+        # that compares against a column (math answers, tests) can score something other than "wrong".
+        for j, sample in enumerate(samples):
+            stated = " ".join(str(values[j % len(prompts)]) for values in columns.values())
+            sample["column_answer"] = f"The answer is {stated}. \\boxed{{{stated}}}"
     probes = list(samples[0])
     batch = [(probe, j, samples[j][probe]) for probe in probes for j in range(n_samples)]
     arguments = {

@@ -159,3 +159,14 @@ def test_reward_length_correlation_is_pearson_and_nan_safe():
     assert math.isnan(reward_length_correlation([1.0, None], [3, 4]))
     with pytest.raises(ValueError, match="3 and 2"):
         reward_length_correlation([1, 2, 3], [1, 2])
+
+
+def test_a_reward_comparing_against_a_column_is_not_called_constant():
+    """The probes include one stating the sample's column values, so an answer-checking reward can score 1."""
+    from grpo_custom.rewards import math_answer_reward
+
+    reward = math_answer_reward(solution_column="solution")
+    report = check_reward(reward, prompts=["What is 6*7?"], columns={"solution": ["42"]})
+    assert report.ok, report.problems
+    assert report.rewards["column_answer"] == 1.0
+    assert max(v for k, v in report.rewards.items() if k != "column_answer") == 0.0
