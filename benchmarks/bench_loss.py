@@ -45,7 +45,7 @@ from typing import Callable
 VOCAB_SIZES = (32000, 151936)
 SIZES = {  # (batch B, completion tokens T, hidden H)
     "smoke": (8, 8, 64),
-    "cpu": (4, 128, 256),
+    "cpu": (4, 96, 256),
     "cuda": (8, 1024, 4096),
 }
 DEFAULT_REPEATS = {"smoke": 1, "cpu": 3, "cuda": 5}
@@ -79,42 +79,51 @@ def configure_unsloth_environment(device: str, work_dir: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _glibc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError as error:
+        raise RuntimeError(f"bench_loss: CPU peak memory needs Linux with glibc (libc.so.6): {error}") from error
+
+
+def set_malloc_thresholds(mmap_bytes: int, trim_bytes: int) -> None:
+    """Fix glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD (fixed values end its dynamic adjustment).
+
+    Measuring: 256 KiB / 128 KiB, so every tensor ≥ 256 KiB is its own mapping, unmapped when freed.
+    Set it before torch is imported: blocks freed into the heap earlier would be reused by later
+    tensors and stay resident, which blurs the peak. Timing: 32 MiB / 64 MiB, the steady state
+    glibc's dynamic thresholds reach with tensors this large.
+    """
+    libc = _glibc()
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if libc.mallopt(m_mmap_threshold, mmap_bytes) != 1 or libc.mallopt(m_trim_threshold, trim_bytes) != 1:
+        raise RuntimeError(f"bench_loss: glibc mallopt refused mmap threshold {mmap_bytes}, trim {trim_bytes}.")
+
+
+MEASURING_MALLOC = (256 * 1024, 128 * 1024)
+TIMING_MALLOC = (32 * 1024 * 1024, 64 * 1024 * 1024)
+
+
 class CpuPeakMemory:
     """Peak resident memory of this process since :meth:`reset`, in bytes (Linux, glibc).
 
     The kernel's peak-RSS mark (VmHWM) is reset to the current RSS by writing 5 to
-    /proc/self/clear_refs; the peak is VmHWM minus the RSS at reset. While measuring, glibc's mmap
-    threshold is fixed at 256 KiB (freed tensors go back to the OS at once) and ``malloc_trim``
-    runs before each reset, so every variant starts from the same resident baseline in one process.
+    /proc/self/clear_refs; the peak is VmHWM minus the RSS at reset. ``malloc_trim`` runs before
+    each reset; with :data:`MEASURING_MALLOC` thresholds set (see :func:`set_malloc_thresholds`)
+    every variant then starts from the same resident baseline in one process.
     """
 
     method = ("CPU, in one process: peak RSS increase (VmHWM − VmRSS) during one forward + backward over the RSS "
-              "after inputs are allocated; the peak is reset per variant via /proc/self/clear_refs, with glibc's "
-              "mmap threshold fixed at 256 KiB and malloc_trim before each reset (memory runs come before the timing "
-              "runs, which use glibc's steady-state thresholds, mmap 32 MiB / trim 64 MiB); W and h are in the "
-              "baseline, h.grad is in the peak")
-    _M_TRIM_THRESHOLD = -1
-    _M_MMAP_THRESHOLD = -3
+              "after inputs are allocated; the peak is reset per variant via /proc/self/clear_refs, glibc's mmap "
+              "threshold is fixed at 256 KiB from the start (freed tensors leave RSS at once) and malloc_trim runs "
+              "before each reset; the timing runs come after all memory runs, with glibc's steady-state thresholds "
+              "(mmap 32 MiB, trim 64 MiB); W and h are in the baseline, h.grad is in the peak")
 
     def __init__(self):
         if not sys.platform.startswith("linux"):
             raise RuntimeError(f"bench_loss: CPU peak memory needs Linux /proc, not {sys.platform!r}.")
-        try:
-            self._libc = ctypes.CDLL("libc.so.6")
-        except OSError as error:
-            raise RuntimeError(f"bench_loss: CPU peak memory needs glibc (libc.so.6): {error}") from error
-        self._set_thresholds(mmap_bytes=256 * 1024, trim_bytes=128 * 1024)
+        self._libc = _glibc()
         self._baseline = 0
-
-    def _set_thresholds(self, mmap_bytes: int, trim_bytes: int) -> None:
-        if (self._libc.mallopt(self._M_MMAP_THRESHOLD, mmap_bytes) != 1
-                or self._libc.mallopt(self._M_TRIM_THRESHOLD, trim_bytes) != 1):
-            raise RuntimeError(f"bench_loss: glibc mallopt refused mmap threshold {mmap_bytes}, trim {trim_bytes}.")
-
-    def prepare_timing(self) -> None:
-        """Allocator settings for the timing runs: glibc's own steady state for large tensors
-        (its dynamic mmap threshold tops out at 32 MiB, trim at twice that), no measuring overhead."""
-        self._set_thresholds(mmap_bytes=32 * 1024 * 1024, trim_bytes=64 * 1024 * 1024)
 
     @staticmethod
     def _status_bytes(field: str) -> int:
@@ -149,9 +158,6 @@ class CudaPeakMemory:
 
         self._torch = torch
         self._baseline = 0
-
-    def prepare_timing(self) -> None:
-        """Nothing to change: the caching allocator is what training uses."""
 
     def reset(self) -> None:
         """Free cached blocks, then start a new peak from the memory allocated now."""
@@ -297,19 +303,16 @@ def forward_backward(loss_fn, problem: LossProblem) -> None:
     problem.hidden.grad = None
 
 
-def time_variants(variants: dict, problem: LossProblem, synchronize, repeats: int) -> dict[str, list[float]]:
-    """Seconds of ``repeats`` forward + backward per variant (run every variant once before).
-
-    Rounds interleave the variants, so a change of machine load hits all of them alike.
-    """
-    seconds = {name: [] for name in variants}
+def time_variant(loss_fn, problem: LossProblem, synchronize, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` forward + backward after one warm-up (which settles the allocator for this variant)."""
+    forward_backward(loss_fn, problem)
+    seconds = []
     for _ in range(repeats):
-        for name, loss_fn in variants.items():
-            synchronize()
-            start = time.perf_counter()
-            forward_backward(loss_fn, problem)
-            synchronize()
-            seconds[name].append(time.perf_counter() - start)
+        synchronize()
+        start = time.perf_counter()
+        forward_backward(loss_fn, problem)
+        synchronize()
+        seconds.append(time.perf_counter() - start)
     return seconds
 
 
@@ -355,8 +358,8 @@ def machine_header(device: str, sizes: tuple, repeats: int, meter) -> list[str]:
         f"- sizes: B={batch}, T={tokens}, H={hidden_size}, {dtype}; loss_type dapo; log-softmax chunks B·4 = "
         f"{batch * max(4, tokens // 4096)}; regularizer coefs kl {KL_COEF}, entropy {ENTROPY_COEF}",
         f"- memory: {meter.method}",
-        f"- time: median of {repeats} forward + backward per variant, wall clock, in rounds interleaving the "
-        "variants; every variant ran once per vocab size before any measurement (warm-up)" + (" (torch.cuda.synchronize around each)" if device == "cuda" else ""),
+        f"- time: median of {repeats} forward + backward per variant after 1 warm-up, wall clock"
+        + (" (torch.cuda.synchronize around each)" if device == "cuda" else ""),
     ]
 
 
@@ -420,6 +423,10 @@ def main(argv: list[str] | None = None) -> dict:
     if options.repeats is not None and options.repeats < 1:
         parser.error(f"--repeats must be ≥ 1, got {options.repeats}")
 
+    on_linux = sys.platform.startswith("linux")
+    heap_was_clean = "torch" not in sys.modules
+    if on_linux:
+        set_malloc_thresholds(*MEASURING_MALLOC)
     device = resolve_device(options.device)
     mode = "smoke" if options.smoke else device
     repeats = options.repeats or DEFAULT_REPEATS[mode]
@@ -441,22 +448,27 @@ def main(argv: list[str] | None = None) -> dict:
         meter = CudaPeakMemory() if device == "cuda" else CpuPeakMemory()
         peaks = {}
         for vocab, problem in problems.items():
-            for loss_fn in variants.values():  # warm-up: lazy initialisation, torch.compile on CUDA
+            for loss_fn in variants.values():  # first calls: lazy initialisation, torch.compile on CUDA
                 forward_backward(loss_fn, problem)
             peaks[vocab] = {name: peak_memory(loss_fn, problem, meter) for name, loss_fn in variants.items()}
-        meter.prepare_timing()
+        if on_linux:
+            set_malloc_thresholds(*TIMING_MALLOC)
         synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        results = {}
-        for vocab, problem in problems.items():
-            seconds = time_variants(variants, problem, synchronize, repeats)
-            results[vocab] = {name: Measurement(peaks[vocab][name], seconds[name]) for name in variants}
+        results = {vocab: {name: Measurement(peaks[vocab][name], time_variant(loss_fn, problem, synchronize, repeats))
+                           for name, loss_fn in variants.items()}
+                   for vocab, problem in problems.items()}
         del problems
         header = machine_header(device, SIZES[mode], repeats, meter)
 
-    title = f"Unsloth chunked GRPO loss with grpo-custom regularizers: {device.upper()}{' (smoke sizes)' * options.smoke}"
+    title = f"Unsloth chunked GRPO loss with grpo-custom regularizers: {device.upper()}"
+    if options.smoke:
+        title += " (smoke sizes)"
     if device == "cpu":
         header.append("- measured on CPU only (Unsloth's GPU path with UNSLOTH_ALLOW_CPU=1, torch.compile off); "
                       "GPU numbers are unmeasured here: run `python benchmarks/bench_loss.py --device cuda`")
+    if device == "cpu" and not heap_was_clean:
+        header.append("- note: main() ran in a process that had imported torch already; blocks freed into glibc's "
+                      "heap before then can add a few MiB to the CPU peaks (run the script itself for clean numbers)")
     report = format_report(results, header, title)
     print(report)
     if output is not None:
