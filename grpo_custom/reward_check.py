@@ -108,6 +108,47 @@ def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     return _pearson(_average_ranks(x_array), _average_ranks(y_array))
 
 
+def reward_health_metrics(rewards_per_func: torch.Tensor, lengths: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """Per reward function, vectorized over functions: [3, F] = (nan_rate, frac_zero_std, length_corr).
+
+    - nan_rate: share of the N completions the function did not score (NaN);
+    - frac_zero_std: among the groups (consecutive blocks of G) it scored at least once, the share whose
+      scores have zero std (TRL's ``isclose(nanstd, 0)``, one score counting as zero std); NaN when it
+      scored no group or G = 1;
+    - length_corr: Pearson correlation of its scores with ``lengths`` over the scored completions; NaN
+      when undefined (fewer than two scores, or a constant side).
+
+    Args:
+        rewards_per_func: [N, F] rewards, NaN where unscored.
+        lengths: [N] completion lengths.
+        num_generations: G.
+    """
+    from trl.trainer.utils import nanstd
+
+    values = rewards_per_func.to(torch.float64)  # [N, F]
+    scored = ~torch.isnan(values)  # [N, F]
+    nan_rate = 1.0 - scored.to(torch.float64).mean(dim=0)  # [F]
+    if num_generations > 1:
+        grouped = values.view(-1, num_generations, values.shape[1])  # [P, G, F]
+        group_scored = scored.view(-1, num_generations, values.shape[1]).any(dim=1)  # [P, F]
+        std = torch.nan_to_num(nanstd(grouped, dim=1), nan=0.0)  # [P, F]
+        zero = torch.isclose(std, torch.zeros_like(std)) & group_scored
+        frac_zero_std = zero.sum(0) / group_scored.sum(0)  # [F], NaN when no group was scored
+    else:
+        frac_zero_std = torch.full_like(nan_rate, math.nan)
+    length = lengths.to(torch.float64).unsqueeze(1).expand_as(values)  # [N, F]
+    count = scored.sum(0)  # [F]
+    weight = scored.to(torch.float64)
+    mean_r = torch.nan_to_num(values).mul(weight).sum(0) / count  # [F]
+    mean_l = (length * weight).sum(0) / count
+    dr = (torch.nan_to_num(values) - mean_r) * weight  # [N, F]
+    dl = (length - mean_l) * weight
+    denominator = torch.sqrt((dr * dr).sum(0) * (dl * dl).sum(0))
+    correlation = torch.where((count >= 2) & (denominator > 0), (dr * dl).sum(0) / denominator,
+                              torch.full_like(denominator, math.nan))
+    return torch.stack([nan_rate, frac_zero_std, correlation])
+
+
 def reward_length_correlation(rewards: Any, lengths: Any) -> float:
     """Pearson correlation between rewards and completion lengths, ignoring NaN / None pairs.
 

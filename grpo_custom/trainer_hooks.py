@@ -39,6 +39,7 @@ class TrainerExtras:
     check_rewards: str = "off"
     rewards_checked: bool = False
     configured_weights: torch.Tensor | None = None
+    estimator_is_trls: bool = False  # the estimator is exactly TRL's inline computation (reuse its result)
     pending_metrics: dict = field(default_factory=dict)
 
     def placed(self, placement: str) -> list[RegularizerSpec]:
@@ -103,6 +104,12 @@ def configure_trainer(trainer, args) -> None:
     if estimator_choice == "grpo":
         options.setdefault("scale_rewards", args.scale_rewards)
     estimator = get_advantage_estimator(estimator_choice) if isinstance(estimator_choice, str) else estimator_choice
+    # With its default options the built-in grpo (or gdpo, for TRL's normalize_then_sum) is TRL's own
+    # inline computation, so its result can be reused instead of computed twice per step.
+    trl_options = {"scale_rewards": args.scale_rewards} if estimator_choice == "grpo" else {}
+    estimator_is_trls = (isinstance(estimator_choice, str) and estimator_choice in ("grpo", "gdpo")
+                         and estimator is get_advantage_estimator(estimator_choice) and options == trl_options
+                         and (estimator_choice == "grpo") == (args.multi_objective_aggregation == "sum_then_normalize"))
     estimator_name = estimator_choice if isinstance(estimator_choice, str) else getattr(estimator, "__name__", "custom")
 
     schedule = _option(args, "reward_schedule", None)
@@ -125,6 +132,7 @@ def configure_trainer(trainer, args) -> None:
         task_normalizer=normalizer,
         check_rewards=_option(args, "check_rewards", "off"),
         configured_weights=trainer.reward_weights.clone(),
+        estimator_is_trls=estimator_is_trls,
     )
     _guard_reward_functions(trainer, _option(args, "reward_errors", "raise"))
     _check_fast_path(trainer, args)
@@ -255,6 +263,8 @@ def _check_reward_directions(trainer, prompts, inputs) -> None:
 
 
 def _gathered_completion_mask(trainer, completion_mask: torch.Tensor) -> torch.Tensor:
+    if trainer.accelerator.num_processes == 1:
+        return completion_mask
     padded = trainer.accelerator.pad_across_processes(completion_mask, dim=1, pad_index=0)
     return trainer.accelerator.gather(padded)
 
@@ -269,6 +279,7 @@ def compute_advantages(
     mode: str,
     ref_per_token_logps: torch.Tensor | None,
     prompt_ids: torch.Tensor | None = None,
+    trl_advantages: torch.Tensor | None = None,
     old_per_token_logps: torch.Tensor | None,
     policy_per_token_logps: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
@@ -305,15 +316,18 @@ def compute_advantages(
         normalizer = extras.task_normalizer if mode == "train" else copy.deepcopy(extras.task_normalizer)
         rewards = normalizer.normalize(rewards, tasks, num_generations)
 
-    result = extras.estimator(
-        rewards,
-        num_generations,
-        completion_lengths=lengths,
-        completion_mask=full_mask,
-        rewards_per_func=rewards_per_func,
-        reward_weights=weights,
-        **extras.estimator_options,
-    )
+    if trl_advantages is not None and extras.estimator_is_trls and not reward_specs and extras.task_normalizer is None:
+        result = trl_advantages  # TRL just computed exactly this estimator inline (bitwise: tests/test_estimators.py)
+    else:
+        result = extras.estimator(
+            rewards,
+            num_generations,
+            completion_lengths=lengths,
+            completion_mask=full_mask,
+            rewards_per_func=rewards_per_func,
+            reward_weights=weights,
+            **extras.estimator_options,
+        )
     _log_advantage_metrics(trainer, mode, result, full_mask)
     _log_reward_health(trainer, mode, rewards_per_func, num_generations, lengths)
     if tasks is not None:
@@ -397,23 +411,13 @@ def _log_reward_health(trainer, mode: str, rewards_per_func, num_generations: in
     """
     import math
 
-    from trl.trainer.utils import nanstd
+    from .reward_check import reward_health_metrics
 
-    from .reward_check import reward_length_correlation
-
+    table = reward_health_metrics(rewards_per_func, lengths, num_generations).tolist()  # [3, F], one sync
     for index, name in enumerate(trainer.reward_func_names):
-        column = rewards_per_func[:, index]  # [N]
-        _log(trainer, mode, f"reward_health/{name}/nan_rate", torch.isnan(column).float().mean().item())
-        if num_generations > 1:
-            grouped = column.view(-1, num_generations)  # [num_prompts, G]
-            scored = ~torch.isnan(grouped).all(dim=1)  # [num_prompts]
-            if scored.any():
-                std = torch.nan_to_num(nanstd(grouped[scored], dim=1), nan=0.0)  # [scored groups]
-                zero = torch.isclose(std, torch.zeros_like(std))
-                _log(trainer, mode, f"reward_health/{name}/frac_zero_std", zero.float().mean().item())
-        correlation = reward_length_correlation(column.tolist(), lengths.tolist())
-        if not math.isnan(correlation):
-            _log(trainer, mode, f"reward_health/{name}/length_corr", correlation)
+        for metric, values in zip(("nan_rate", "frac_zero_std", "length_corr"), table):
+            if not math.isnan(values[index]):
+                _log(trainer, mode, f"reward_health/{name}/{metric}", values[index])
 
 
 def _accumulation_steps(trainer) -> int:

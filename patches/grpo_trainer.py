@@ -66,6 +66,7 @@ GRPO_TRAINER_EDITS = (
             "            num_generations=num_generations,\n"
             "            completion_mask=completion_mask,\n"
             "            prompt_ids=prompt_ids,\n"
+            "            trl_advantages=advantages,\n"
             "            inputs=inputs,\n"
             "            mode=mode,\n"
             "            ref_per_token_logps=ref_per_token_logps,\n"

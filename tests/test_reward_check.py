@@ -170,3 +170,25 @@ def test_a_reward_comparing_against_a_column_is_not_called_constant():
     assert report.ok, report.problems
     assert report.rewards["column_answer"] == 1.0
     assert max(v for k, v in report.rewards.items() if k != "column_answer") == 0.0
+
+
+def test_reward_health_metrics_match_per_function_reference():
+    """Vectorized health metrics equal a per-function computation (NaN = unscored)."""
+    import math
+
+    import torch
+
+    from grpo_custom.reward_check import reward_health_metrics, reward_length_correlation
+
+    nan = math.nan
+    rewards = torch.tensor([[1.0, nan], [2.0, nan], [3.0, 5.0], [3.0, 5.0], [nan, 1.0], [nan, 4.0]])
+    lengths = torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    nan_rate, frac_zero_std, correlation = reward_health_metrics(rewards, lengths, num_generations=2).tolist()
+    assert nan_rate == pytest.approx([2 / 6, 2 / 6])
+    # function 0 scored groups 0 and 1 (std > 0 and std 0) → 1/2; function 1 scored groups 1 and 2 → 1/2
+    assert frac_zero_std == pytest.approx([0.5, 0.5])
+    for column in range(2):
+        expected = reward_length_correlation(rewards[:, column].tolist(), lengths.tolist())
+        assert correlation[column] == pytest.approx(expected)
+    constant = reward_health_metrics(torch.ones(4, 1), lengths[:4], num_generations=2)
+    assert math.isnan(constant[2, 0]) and constant[1, 0] == 1.0

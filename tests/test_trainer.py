@@ -42,6 +42,7 @@ def stock_and_fork(tiny_model_dir, tmp_path_factory):
 def test_grpo_estimator_reproduces_stock_trl_advantages_loss_and_weights(stock_and_fork):
     (stock, stock_model, _), (forked, fork_model, _), stock_adv, fork_adv = stock_and_fork
     assert type(forked).__module__ == "trl.trainer.grpo_custom_fork"
+    assert forked.grpo_custom.estimator_is_trls  # the default run reuses TRL's inline advantages
     assert len(stock_adv) == len(fork_adv) == 3
     for a, b in zip(stock_adv, fork_adv):
         assert torch.equal(a, b)
@@ -110,3 +111,20 @@ def test_a_trl_script_runs_unchanged_on_grpo_custom_classes(tiny_model_dir, tmp_
     _, model, before = _train(grpo_custom.GRPOTrainer, trl.GRPOConfig, tiny_model_dir, tmp_path)
     assert changed_parameters(model, before)[0]
     assert not changed_parameters(model, before)[1]
+
+
+def test_recomputed_grpo_estimator_equals_stock_trl(stock_and_fork, tiny_model_dir, tmp_path):
+    """The default run reuses TRL's inline advantages; passing the estimator as a callable forces the fork to
+    compute them itself: the result must still be TRL's, bitwise."""
+    (stock, stock_model, _), _, stock_adv, _ = stock_and_fork
+    recomputed_adv = []
+    trainer, model, _ = _train(grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, tiny_model_dir, tmp_path, steps=3,
+                               record=recomputed_adv, check_rewards="off",
+                               advantage_estimator=grpo_custom.get_advantage_estimator("grpo"))
+    assert not trainer.grpo_custom.estimator_is_trls
+    for a, b in zip(stock_adv, recomputed_adv):
+        assert torch.equal(a, b)
+    assert [h["loss"] for h in trainer.state.log_history if "loss" in h] == \
+        [h["loss"] for h in stock.state.log_history if "loss" in h]
+    for (name, a), (_, b) in zip(stock_model.named_parameters(), model.named_parameters()):
+        assert torch.equal(a, b), name
