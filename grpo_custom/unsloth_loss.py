@@ -15,6 +15,7 @@ gradient, so a term must be *inside* ``grpo_compute_loss`` to train (GUIDE §3.5
   exactly like Unsloth aggregates its own per-token loss (:func:`token_weights_like_unsloth`);
   it runs inside Unsloth's ``torch.compile(fullgraph=True)`` region, so it is pure tensor math;
 - ``UnslothEfficientGRPO`` → the same class whose ``apply`` first logs the terms' metrics, eagerly;
+- ``grpo_compute_loss_slow`` (Unsloth's non-chunked fallback) → the same log-prob terms; entropy terms raise;
 - the trainer's ``compute_loss`` → token-level advantages [B, T] are first moved into Unsloth's
   left-packed loss layout (:func:`align_token_advantages`).
 
@@ -38,6 +39,7 @@ from .unsloth_layout import completion_to_window
 TERMS_KEY = "grpo_custom_terms"
 _current_step: contextvars.ContextVar["FastLossStep | None"] = contextvars.ContextVar("grpo_custom_fast_loss",
                                                                                        default=None)
+_loss_trainer: contextvars.ContextVar[object | None] = contextvars.ContextVar("grpo_custom_loss_trainer", default=None)
 
 
 @dataclass
@@ -161,12 +163,41 @@ def make_trainer_compute_loss(original):
         advantages = inputs.get("advantages")
         if advantages is not None and advantages.dim() == 2 and inputs.get("pixel_values") is None:
             inputs = {**inputs, "advantages": align_token_advantages(self, inputs)}
-        loss = original(self, model, inputs, *args, **kwargs)
+        token = _loss_trainer.set(self)
+        try:
+            loss = original(self, model, inputs, *args, **kwargs)
+        finally:
+            _loss_trainer.reset(token)
         # Parameter-space terms (lora_l2) do not involve log-probs: their own autograd graph carries the gradient.
         return loss + parameter_regularizer_loss(self, model)
 
     compute_loss.grpo_custom_original = original
     return compute_loss
+
+
+def make_slow_compute_loss(original):
+    """Unsloth's non-chunked ``grpo_compute_loss_slow`` (used when its efficient log-prob path is off) with
+    grpo-custom's log-prob terms too; entropy terms need the chunked path and raise here instead of vanishing."""
+    with_terms = make_compute_loss(original)
+
+    def grpo_compute_loss_slow(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, advantages, **kwargs):
+        trainer = _loss_trainer.get()
+        extras = getattr(trainer, "grpo_custom", None)
+        specs = [] if extras is None else extras.placed("loss")
+        if any(spec.needs_entropy for spec in specs):
+            from .honest_config import UnsupportedOnFastPathError
+
+            raise UnsupportedOnFastPathError(
+                "Unsloth computed this loss on its non-chunked path (grpo_compute_loss_slow), which has no entropies: "
+                f"the regularizer(s) {[s.metric_prefix for s in specs if s.needs_entropy]} cannot apply there."
+            )
+        if specs:
+            step = int(trainer.state.global_step)
+            kwargs[TERMS_KEY] = [(spec, torch.tensor(spec.coef_at(step), dtype=torch.float32)) for spec in specs]
+        return with_terms(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, advantages, **kwargs)
+
+    grpo_compute_loss_slow.grpo_custom_original = original
+    return grpo_compute_loss_slow
 
 
 def make_accumulated_loss(original):
@@ -263,6 +294,8 @@ def install_loss_terms(module) -> None:
 
     if getattr(module.grpo_compute_loss, "grpo_custom_original", None) is None:
         module.grpo_compute_loss = make_compute_loss(module.grpo_compute_loss)
+    if getattr(module.grpo_compute_loss_slow, "grpo_custom_original", None) is None:
+        module.grpo_compute_loss_slow = make_slow_compute_loss(module.grpo_compute_loss_slow)
     if getattr(module.grpo_accumulated_loss, "grpo_custom_original", None) is None:
         module.grpo_accumulated_loss = make_accumulated_loss(module.grpo_accumulated_loss)
     trainer_base = module._UnslothGRPOTrainer
@@ -280,7 +313,7 @@ def remove_loss_terms(module) -> None:
     """Undo :func:`install_loss_terms` (the generated module and unsloth_zoo get Unsloth's own functions)."""
     import unsloth_zoo.rl_replacements as zoo
 
-    for owner, name in ((module, "grpo_compute_loss"), (module, "grpo_accumulated_loss"),
+    for owner, name in ((module, "grpo_compute_loss"), (module, "grpo_compute_loss_slow"), (module, "grpo_accumulated_loss"),
                         (module, "UnslothEfficientGRPO"), (module._UnslothGRPOTrainer, "compute_loss"),
                         (zoo, "grpo_entropy_bonus_weights"), (zoo, "UnslothGRPOEntropyBonus")):
         original = getattr(getattr(owner, name), "grpo_custom_original", None)

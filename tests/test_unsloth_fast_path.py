@@ -130,7 +130,7 @@ def test_every_estimator_and_regularizer_trains_inside_the_compiled_fast_loss(tm
 
 def test_regularizer_gradients_inside_fast_loss_equal_full_logits_reference(tmp_path_factory):
     errors = run_scenario("gradients", tmp_path_factory)
-    assert len(errors) == 4 * 8
+    assert len(errors) == 4 * 9
     for key, relative_error in errors.items():
         assert relative_error < 1e-5, (key, relative_error)
 

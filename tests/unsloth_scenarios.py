@@ -372,6 +372,34 @@ def gradients(model_dir, work):
             results[f"{loss_type}/kl_k3_bias_corrected"] = float((delta - hidden.grad).abs().max()
                                                                  / hidden.grad.abs().max())
 
+            # Unsloth's non-chunked fallback gets the same terms (taken from the trainer in the loss context)
+            from types import SimpleNamespace
+
+            from grpo_custom.unsloth_loss import _loss_trainer
+
+            spec = RegularizerSpec.from_config({"name": "kl", "kind": "k2", "coef": 0.7})
+            fake_trainer = SimpleNamespace(state=SimpleNamespace(global_step=0),
+                                           grpo_custom=SimpleNamespace(placed=lambda placement: [spec]))
+
+            def slow_grad(trainer):
+                hidden = fresh_hidden()
+                logps = torch.log_softmax(hidden @ lm_head.t(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+                token = _loss_trainer.set(trainer)
+                try:
+                    module.grpo_compute_loss_slow(ref, logps, old, None, ids, mask, 0.0, advantages, **kwargs)[0].backward()
+                finally:
+                    _loss_trainer.reset(token)
+                return hidden.grad
+
+            delta = slow_grad(fake_trainer) - slow_grad(None)
+            hidden = fresh_hidden()
+            logps = torch.log_softmax(hidden @ lm_head.t(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            keep = mask.bool()
+            inputs = RegularizerInputs(logps=torch.where(keep, logps, 0.0), ref_logps=torch.where(keep, ref, 0.0),
+                                       mask=mask)
+            (0.7 * (spec.term(inputs) * token_weights_like_unsloth(mask, kwargs)).sum()).backward()
+            results[f"{loss_type}/slow_path_kl_k2"] = float((delta - hidden.grad).abs().max() / hidden.grad.abs().max())
+
             # entropy: Unsloth's chunked recomputing log-softmax with entropy, weighted like the loss type
             hidden = fresh_hidden()
             _, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
