@@ -393,9 +393,14 @@ def _log_regularizer(trainer, mode: str, spec: RegularizerSpec, coef: float, met
 
 def _log_advantage_metrics(trainer, mode: str, advantages: torch.Tensor, mask: torch.Tensor) -> None:
     values = advantages if advantages.dim() == 1 else advantages[mask.bool()]
-    _log(trainer, mode, "advantages/mean", values.mean().item())
-    _log(trainer, mode, "advantages/std", values.std().item() if values.numel() > 1 else 0.0)
-    _log(trainer, mode, "advantages/abs_max", values.abs().max().item() if values.numel() else 0.0)
+    if values.numel() == 0:
+        mean = std = abs_max = 0.0
+    else:
+        spread = values.std() if values.numel() > 1 else values.new_zeros(())
+        mean, std, abs_max = torch.stack([values.mean(), spread, values.abs().max()]).tolist()  # one sync
+    _log(trainer, mode, "advantages/mean", mean)
+    _log(trainer, mode, "advantages/std", std)
+    _log(trainer, mode, "advantages/abs_max", abs_max)
 
 
 def _log_reward_health(trainer, mode: str, rewards_per_func, num_generations: int, lengths) -> None:

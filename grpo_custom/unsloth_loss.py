@@ -44,9 +44,8 @@ _loss_trainer: contextvars.ContextVar[object | None] = contextvars.ContextVar("g
 
 @dataclass
 class FastLossStep:
-    """What one ``grpo_accumulated_loss`` call needs: the trainer, this step's specs and coefficients."""
+    """What one ``grpo_accumulated_loss`` call needs: this step's specs and coefficients, and its metrics."""
 
-    trainer: object
     logp_terms: list  # [(spec, coef tensor)] loss-placed regularizers on log-probs
     entropy_terms: list  # [(spec, coef float)] loss-placed regularizers needing entropy
     trl_entropy_coef: float
@@ -59,6 +58,11 @@ class FastLossStep:
         for key, value in metrics.items():
             total, count = self.metrics.get((spec.metric_prefix, key), (0.0, 0))
             self.metrics[(spec.metric_prefix, key)] = (total + float(value), count + 1)
+
+
+def logp_terms_at(specs, step: int) -> list:
+    """``[(spec, coefficient tensor)]`` at optimizer step ``step``: tensors, so a moving coefficient never recompiles."""
+    return [(spec, torch.tensor(spec.coef_at(step), dtype=torch.float32)) for spec in specs]
 
 
 def _masked(tensor, keep):
@@ -192,8 +196,7 @@ def make_slow_compute_loss(original):
                 f"the regularizer(s) {[s.metric_prefix for s in specs if s.needs_entropy]} cannot apply there."
             )
         if specs:
-            step = int(trainer.state.global_step)
-            kwargs[TERMS_KEY] = [(spec, torch.tensor(spec.coef_at(step), dtype=torch.float32)) for spec in specs]
+            kwargs[TERMS_KEY] = logp_terms_at(specs, int(trainer.state.global_step))
         return with_terms(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, advantages, **kwargs)
 
     grpo_compute_loss_slow.grpo_custom_original = original
@@ -209,13 +212,11 @@ def make_accumulated_loss(original):
         if not specs:
             return original(trainer, *args, **kwargs)
         global_step = int(trainer.state.global_step)
-        step = FastLossStep(trainer, [], [], float(getattr(trainer, "entropy_coef", 0.0) or 0.0))
-        for spec in specs:
-            coef = spec.coef_at(global_step)
-            if spec.needs_entropy:
-                step.entropy_terms.append((spec, coef))
-            else:
-                step.logp_terms.append((spec, torch.tensor(coef, dtype=torch.float32)))
+        step = FastLossStep(
+            logp_terms=logp_terms_at([spec for spec in specs if not spec.needs_entropy], global_step),
+            entropy_terms=[(spec, spec.coef_at(global_step)) for spec in specs if spec.needs_entropy],
+            trl_entropy_coef=float(getattr(trainer, "entropy_coef", 0.0) or 0.0),
+        )
         kwargs[TERMS_KEY] = step.logp_terms
         needs_entropy_pass = any(coef != 0.0 for _, coef in step.entropy_terms)
         token = _current_step.set(step)
