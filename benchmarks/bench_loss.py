@@ -10,11 +10,13 @@ the policy's last hidden states h [B, T, H] (requires grad) and a frozen output 
 - ``loss.backward()``.
 
 Variants: ``base``; ``kl k3``; ``kl k3 (k2 grad)`` (k3 value, k2 straight-through gradient);
-``entropy`` (Unsloth's recomputing chunked log-softmax with ``return_entropy=True`` and
-``UnslothGRPOEntropyBonus`` with grpo-custom's loss-type weights, as the trainer runs an entropy
-regularizer); ``base (recompute logps)`` (the same recomputing kernel without entropy: the
-like-for-like reference for ``entropy``, since Unsloth switches kernels when entropy is on);
-``naive entropy`` (full logits h @ Wᵀ → log_softmax → entropy and log-probs, plain autograd).
+``entropy`` (log-probs and entropies from grpo-custom's one-pass chunked kernel,
+``grpo_custom.entropy_kernel``, and ``UnslothGRPOEntropyBonus`` with grpo-custom's loss-type weights:
+what a patched trainer runs for an entropy regularizer at these shapes with ``entropy_kernel="auto"``;
+the report states that decision); ``entropy (recompute)`` (Unsloth's recomputing kernel with
+``return_entropy=True``: what runs with ``entropy_kernel="recompute"`` and where Unsloth's own log-prob
+path offloads); ``base (recompute logps)`` (that recomputing kernel without entropy: its like-for-like
+reference); ``naive entropy`` (full logits h @ Wᵀ → log_softmax → entropy and log-probs, plain autograd).
 
 Targets: entropy ≤ 1.1× the peak memory and ≤ 1.3× the time of ``base``; at V = 151936 the naive
 entropy ≥ 4× the peak memory of ``entropy``. The script prints a markdown report and exits 0
@@ -225,6 +227,7 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
     import torch
     import unsloth_zoo.rl_replacements as zoo
 
+    from grpo_custom.entropy_kernel import chunked_logps_and_entropies
     from grpo_custom.loss_aggregation import token_weights_like_unsloth
     from grpo_custom.regularizers import RegularizerSpec
     from grpo_custom.unsloth_loss import TERMS_KEY
@@ -261,6 +264,13 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
         return fast_loss(problem, logps, [])
 
     def with_entropy(problem):
+        logps, entropies = chunked_logps_and_entropies(problem.hidden, problem.lm_head, problem.ids,
+                                                       problem.chunks)  # [B, T] each
+        bonus = zoo.UnslothGRPOEntropyBonus.apply(entropies, entropy_weights(problem), 1.0)
+        return fast_loss(problem, logps, []) + bonus
+
+    def with_entropy_recompute(problem):
+        # outside a trainer's loss call the patched binding runs Unsloth's own kernel
         logps, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
             problem.hidden, problem.lm_head, problem.ids, chunks=problem.chunks, return_entropy=True)  # [B, T] each
         bonus = zoo.UnslothGRPOEntropyBonus.apply(entropies, entropy_weights(problem), 1.0)
@@ -278,6 +288,7 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
         "kl k3": with_kl_k3,
         "kl k3 (k2 grad)": with_kl_k3_k2_grad,
         "entropy": with_entropy,
+        "entropy (recompute)": with_entropy_recompute,
         "base (recompute logps)": base_recompute,
         "naive entropy": naive_entropy,
     }
@@ -388,11 +399,26 @@ def format_report(results: dict, header: list[str], title: str) -> str:
     lines += ["", "| vocab | check | value | target | verdict |", "|---:|---|---:|---|---|"]
     for vocab, check, value, target, passed in target_checks(results):
         lines.append(f"| {vocab} | {check} | {value:.2f} | {target} | {'PASS' if passed else 'FAIL'} |")
-    lines += ["", "Like-for-like (same recomputing kernel): entropy / base (recompute logps) = "
-              + "; ".join(f"V={vocab}: memory {v['entropy'].peak_bytes / v['base (recompute logps)'].peak_bytes:.2f}×,"
-                          f" time {v['entropy'].median_seconds / v['base (recompute logps)'].median_seconds:.2f}×"
+    lines += ["", "Unsloth's recomputing kernel, like for like: entropy (recompute) / base (recompute logps) = "
+              + "; ".join(f"V={vocab}: memory {_ratio(v, 'entropy (recompute)', 'base (recompute logps)', 'peak_bytes')}×,"
+                          f" time {_ratio(v, 'entropy (recompute)', 'base (recompute logps)', 'median_seconds')}×"
                           for vocab, v in results.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(by_variant: dict, numerator: str, denominator: str, attribute: str) -> str:
+    return f"{getattr(by_variant[numerator], attribute) / getattr(by_variant[denominator], attribute):.2f}"
+
+
+def auto_kernel_line(sizes: tuple) -> str:
+    """What a patched trainer's ``entropy_kernel="auto"`` picks for one loss call of these sizes."""
+    from grpo_custom.unsloth_loss import EntropyKernelPlan, keeps_log_probs
+
+    batch, tokens, _ = sizes
+    plan = EntropyKernelPlan(mode="auto", total_rows=batch, multiplier=max(4, tokens // 4096))
+    kept = keeps_log_probs(plan, rows=batch, width=tokens, chunks=batch * plan.multiplier)
+    picked = "grpo-custom's one-pass kernel (the `entropy` rows)" if kept else "Unsloth's recomputing kernel"
+    return (f"- `entropy_kernel=\"auto\"` in a trainer, for one loss call of {batch} rows × {tokens} tokens: {picked}")
 
 
 def resolve_device(requested: str) -> str:
@@ -459,6 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
                    for vocab, problem in problems.items()}
         del problems
         header = machine_header(device, SIZES[mode], repeats, meter)
+        header.append(auto_kernel_line(SIZES[mode]))
 
     title = f"Unsloth chunked GRPO loss with grpo-custom regularizers: {device.upper()}"
     if options.smoke:

@@ -30,6 +30,7 @@ _TRLGRPOConfig = pristine_trl_grpo_config()
 REWARD_ERROR_POLICIES = ("raise", "nan")
 CHECK_REWARDS_MODES = ("warn", "error", "off")
 TASK_NORMALIZATION_MODES = (None, "group", "running")
+ENTROPY_KERNELS = ("auto", "keep_log_probs", "recompute")
 
 
 @dataclass
@@ -50,6 +51,12 @@ class GRPOConfig(_TRLGRPOConfig):
         task_weights: optional per-task weights for ``task_rewards``.
         task_normalization: ``None``, ``"group"`` or ``"running"``: per-task reward normalization.
         task_balance: sample prompts task-balanced (groups stay intact).
+        entropy_kernel: Unsloth fast path only: how entropies (entropy regularizers, ``entropy_coef``,
+            ``top_entropy_quantile``) are computed in the chunked loss. ``"keep_log_probs"``: one LM-head pass,
+            each chunk's float32 log-probs kept for the backward (the memory Unsloth's own log-prob path keeps);
+            ``"recompute"``: Unsloth's kernel, per-row statistics only and the logits recomputed in the backward
+            (memory flat in B·T·V, one more LM-head matmul); ``"auto"`` (default): keep where Unsloth's log-prob
+            path keeps its logits for that batch, recompute where it offloads.
     """
 
     advantage_estimator: Any = field(default="grpo", metadata={"help": "Advantage estimator name or callable."})
@@ -63,6 +70,8 @@ class GRPOConfig(_TRLGRPOConfig):
     task_weights: dict | None = field(default=None, metadata={"help": "Per-task reward weights."})
     task_normalization: str | None = field(default=None, metadata={"help": "None, 'group' or 'running'."})
     task_balance: bool = field(default=False, metadata={"help": "Task-balanced prompt sampling."})
+    entropy_kernel: str = field(default="auto", metadata={
+        "help": "Unsloth fast path: 'auto', 'keep_log_probs' or 'recompute' (how chunked entropies are computed)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -94,6 +103,7 @@ class GRPOConfig(_TRLGRPOConfig):
         _check_choice("reward_errors", self.reward_errors, REWARD_ERROR_POLICIES)
         _check_choice("check_rewards", self.check_rewards, CHECK_REWARDS_MODES)
         _check_choice("task_normalization", self.task_normalization, TASK_NORMALIZATION_MODES)
+        _check_choice("entropy_kernel", self.entropy_kernel, ENTROPY_KERNELS)
         needs_task_column = self.task_rewards is not None or self.task_normalization is not None or self.task_balance
         if needs_task_column and not self.task_column:
             raise ValueError("task_rewards, task_normalization and task_balance need task_column (the task's column).")
@@ -133,6 +143,7 @@ GRPO_CUSTOM_FIELDS = (
     "task_weights",
     "task_normalization",
     "task_balance",
+    "entropy_kernel",
 )
 
 

@@ -19,18 +19,24 @@ gradient, so a term must be *inside* ``grpo_compute_loss`` to train (GUIDE §3.5
 - the trainer's ``compute_loss`` → token-level advantages [B, T] are first moved into Unsloth's
   left-packed loss layout (:func:`align_token_advantages`).
 
-Entropy-based regularizers use Unsloth's own chunked entropy (``return_entropy=True`` of its
-recomputing log-softmax, with gradient, chunk by chunk) and its ``UnslothGRPOEntropyBonus``:
-during the call, ``unsloth_zoo.rl_replacements.grpo_entropy_bonus_weights`` returns TRL's
-``entropy_coef`` weights plus ours. :func:`remove_loss_terms` undoes the module-level rebinding.
+Entropies (for entropy regularizers, TRL's ``entropy_coef`` and ``top_entropy_quantile``) come from
+the chunked log-softmax that Unsloth calls with ``return_entropy=True``; while patched, that call
+runs :func:`grpo_custom.entropy_kernel.chunked_logps_and_entropies` (one LM-head pass, float32
+log-probs kept per chunk) whenever Unsloth's own log-prob path would keep its chunk logits for
+that batch, and Unsloth's recomputing kernel otherwise (see :func:`keeps_log_probs`; the
+``entropy_kernel`` option overrides). The entropy enters through Unsloth's
+``UnslothGRPOEntropyBonus``: during the call, ``unsloth_zoo.rl_replacements.grpo_entropy_bonus_weights``
+returns TRL's ``entropy_coef`` weights plus ours. :func:`remove_loss_terms` undoes the rebinding.
 """
 from __future__ import annotations
 
 import contextvars
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 
+from .entropy_kernel import LogitTransform, chunked_logps_and_entropies
 from .loss_aggregation import token_weights_like_unsloth
 from .regularizers import RegularizerInputs
 from .trainer_hooks import parameter_regularizer_loss
@@ -40,6 +46,56 @@ TERMS_KEY = "grpo_custom_terms"
 _current_step: contextvars.ContextVar["FastLossStep | None"] = contextvars.ContextVar("grpo_custom_fast_loss",
                                                                                        default=None)
 _loss_trainer: contextvars.ContextVar[object | None] = contextvars.ContextVar("grpo_custom_loss_trainer", default=None)
+_entropy_plan: contextvars.ContextVar["EntropyKernelPlan | None"] = contextvars.ContextVar("grpo_custom_entropy_plan",
+                                                                                          default=None)
+UNSLOTH_KEEPS_LOGITS_MAX_WIDTH = 1024  # unsloth_zoo 2026.10.7 efficient_log_softmax: keep chunk logits up to this
+UNSLOTH_KEEPS_LOGITS_MAX_MINIBATCHES = 8  # ... and up to this many mini-batches (or exactly one)
+
+
+@dataclass(frozen=True)
+class EntropyKernelPlan:
+    """What one ``grpo_accumulated_loss`` call tells the entropy log-softmax: the chosen kernel and the batch shape.
+
+    Args:
+        mode: ``"auto"``, ``"keep_log_probs"`` or ``"recompute"`` (the config's ``entropy_kernel``).
+        total_rows: rows (completions) in this loss call.
+        multiplier: Unsloth's log-softmax chunks per row (``unsloth_logit_chunk_multiplier`` or max(4, L // 4096)).
+    """
+
+    mode: str
+    total_rows: int
+    multiplier: int
+
+
+def keeps_log_probs(plan: EntropyKernelPlan, rows: int, width: int, chunks: int) -> bool:
+    """Whether an entropy call of ``rows`` × ``width`` tokens split in ``chunks`` keeps float32 log-probs.
+
+    ``auto`` keeps them exactly where Unsloth's own log-prob path (without entropy) keeps its float32
+    chunk logits until the backward, so the entropy costs no more memory than Unsloth's loss does: the
+    packed-sequence call (one row of all tokens, ``total_rows · multiplier`` chunks), and padded
+    mini-batches when there is one, or when there are at most 8 of width ≤ 1024. Elsewhere Unsloth
+    offloads and recomputes, and so does the entropy (Unsloth's recomputing kernel).
+    """
+    if plan.mode == "keep_log_probs":
+        return True
+    if plan.mode == "recompute":
+        return False
+    packed_call = rows == 1 and plan.total_rows > 1 and chunks == plan.total_rows * plan.multiplier
+    if packed_call:
+        return True
+    minibatches = -(-plan.total_rows // max(rows, 1))
+    return minibatches == 1 or (width <= UNSLOTH_KEEPS_LOGITS_MAX_WIDTH
+                                and minibatches <= UNSLOTH_KEEPS_LOGITS_MAX_MINIBATCHES)
+
+
+def entropy_plan_for(trainer, input_ids: torch.Tensor) -> EntropyKernelPlan:
+    """The :class:`EntropyKernelPlan` of one loss call on ``input_ids`` [rows, L], from the trainer's config."""
+    args = trainer.args
+    mode = getattr(args, "entropy_kernel", "auto")
+    multiplier = getattr(args, "unsloth_logit_chunk_multiplier", None)
+    if multiplier is None:
+        multiplier = max(4, int(input_ids.shape[1]) // 4096)
+    return EntropyKernelPlan(mode=mode, total_rows=int(input_ids.shape[0]), multiplier=int(multiplier))
 
 
 @dataclass
@@ -207,6 +263,14 @@ def make_accumulated_loss(original):
     """``grpo_accumulated_loss`` that routes this step's regularizers into Unsloth's fast loss."""
 
     def grpo_accumulated_loss(trainer, *args, **kwargs):
+        input_ids = args[0] if args else kwargs["input_ids"]
+        plan_token = _entropy_plan.set(entropy_plan_for(trainer, input_ids))
+        try:
+            return _with_terms(trainer, *args, **kwargs)
+        finally:
+            _entropy_plan.reset(plan_token)
+
+    def _with_terms(trainer, *args, **kwargs):
         extras = getattr(trainer, "grpo_custom", None)
         specs = [] if extras is None else extras.placed("loss")
         if not specs:
@@ -234,6 +298,38 @@ def make_accumulated_loss(original):
 
     grpo_accumulated_loss.grpo_custom_original = original
     return grpo_accumulated_loss
+
+
+def make_entropy_log_softmax(original):
+    """Unsloth's ``chunked_hidden_states_selective_log_softmax_recompute`` whose ``return_entropy=True`` calls,
+    inside a patched trainer's loss, run grpo-custom's one-pass kernel where :func:`keeps_log_probs` says so.
+
+    Calls without entropy, calls outside a loss (no plan) and calls the plan sends to ``recompute`` run
+    Unsloth's own function unchanged.
+    """
+    signature = inspect.signature(original)
+
+    def chunked_hidden_states_selective_log_softmax_recompute(*args, **kwargs):
+        plan = _entropy_plan.get()
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        options = call.arguments
+        if plan is None or not options.get("return_entropy", False):
+            return original(*args, **kwargs)
+        hidden, index = options["hidden_states"], options["index"]
+        rows, width = (1, hidden.shape[0]) if hidden.dim() == 2 else (hidden.shape[0], hidden.shape[1])
+        if not keeps_log_probs(plan, rows, width, int(options["chunks"])):
+            return original(*args, **kwargs)
+        transform = LogitTransform(float(options["logit_scale_multiply"]), float(options["logit_scale_divide"]),
+                                   float(options["logit_softcapping"]), float(options["temperature"]))
+        return chunked_logps_and_entropies(
+            hidden, options["lm_head"], index, int(options["chunks"]), transform,
+            lm_head_bias=options.get("lm_head_bias"), max_rows_per_chunk=options.get("max_rows_per_chunk"),
+            fp32_lm_head=options.get("fp32_lm_head"),
+        )
+
+    chunked_hidden_states_selective_log_softmax_recompute.grpo_custom_original = original
+    return chunked_hidden_states_selective_log_softmax_recompute
 
 
 def make_entropy_bonus_weights(original):
@@ -308,6 +404,9 @@ def install_loss_terms(module) -> None:
         zoo.grpo_entropy_bonus_weights = make_entropy_bonus_weights(zoo.grpo_entropy_bonus_weights)
     if getattr(zoo.UnslothGRPOEntropyBonus, "grpo_custom_original", None) is None:
         zoo.UnslothGRPOEntropyBonus = make_entropy_bonus(zoo.UnslothGRPOEntropyBonus)
+    recompute = zoo.chunked_hidden_states_selective_log_softmax_recompute
+    if getattr(recompute, "grpo_custom_original", None) is None:
+        zoo.chunked_hidden_states_selective_log_softmax_recompute = make_entropy_log_softmax(recompute)
 
 
 def remove_loss_terms(module) -> None:
@@ -316,7 +415,8 @@ def remove_loss_terms(module) -> None:
 
     for owner, name in ((module, "grpo_compute_loss"), (module, "grpo_compute_loss_slow"), (module, "grpo_accumulated_loss"),
                         (module, "UnslothEfficientGRPO"), (module._UnslothGRPOTrainer, "compute_loss"),
-                        (zoo, "grpo_entropy_bonus_weights"), (zoo, "UnslothGRPOEntropyBonus")):
+                        (zoo, "grpo_entropy_bonus_weights"), (zoo, "UnslothGRPOEntropyBonus"),
+                        (zoo, "chunked_hidden_states_selective_log_softmax_recompute")):
         original = getattr(getattr(owner, name), "grpo_custom_original", None)
         if original is not None:
             setattr(owner, name, original)

@@ -25,6 +25,8 @@ ALLOW_UNTESTED_ENV = "GRPO_CUSTOM_ALLOW_UNTESTED_VERSIONS"
 GENERATED_MODULE = "UnslothGRPOTrainer"
 # Left in __init__ by Unsloth's rewrite of TRL's PEFT set-up (unsloth 2026.10.7); its absence means the rewrite missed.
 UNSLOTH_PEFT_MARKER = "PEFT initialization logic removed via script"
+# grpo_accumulated_loss imports this at call time; the patched unsloth_zoo binding is what it then gets.
+UNSLOTH_ENTROPY_IMPORT = "chunked_hidden_states_selective_log_softmax_recompute as _entropy_log_softmax"
 _MISSING = object()
 _active: "UnslothPatch | None" = None
 
@@ -145,7 +147,9 @@ def patch_status() -> str:
     """One line for ``grpo-custom doctor``."""
     if _active is None:
         return "not active (call grpo_custom.patch_unsloth())"
-    return f"active: {_active.trainer_class.__name__} compiled from the fork ({inspect.getfile(_active.module)})"
+    return (f"active: {_active.trainer_class.__name__} compiled from the fork ({inspect.getfile(_active.module)}); "
+            "regularizer terms inside Unsloth's chunked loss; entropies from grpo-custom's one-pass kernel where "
+            "Unsloth keeps chunk logits (entropy_kernel='auto')")
 
 
 def expected_hook_calls() -> list[str]:
@@ -186,6 +190,12 @@ def verify_generated(module) -> None:
     for name in ("grpo_compute_loss", "UnslothEfficientGRPO", "grpo_accumulated_loss"):
         if not hasattr(module, name):
             raise UnslothPatchError(f"The generated module lacks Unsloth's {name}; cannot install grpo-custom's loss terms.")
+    accumulated_loss = getattr(module.grpo_accumulated_loss, "grpo_custom_original", module.grpo_accumulated_loss)
+    if UNSLOTH_ENTROPY_IMPORT not in inspect.getsource(accumulated_loss):
+        raise UnslothPatchError(
+            f"The generated grpo_accumulated_loss no longer imports its entropy log-softmax as {UNSLOTH_ENTROPY_IMPORT!r} "
+            "from unsloth_zoo.rl_replacements at call time: grpo-custom's one-pass entropy kernel could not apply."
+        )
 
 
 def _make_config_honest(trainer_class, unsloth_config_class, plain_config_class) -> None:

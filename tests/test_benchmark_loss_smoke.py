@@ -11,7 +11,8 @@ import pytest
 
 pytestmark = pytest.mark.unsloth
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("base", "kl k3", "kl k3 (k2 grad)", "entropy", "base (recompute logps)", "naive entropy")
+VARIANTS = ("base", "kl k3", "kl k3 (k2 grad)", "entropy", "entropy (recompute)", "base (recompute logps)",
+            "naive entropy")
 VOCABS = (32000, 151936)
 ROW = re.compile(r"^\| (\d+) \| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$")
 CHECK = re.compile(r"^\| (\d+) \| ([^|]+?) \| ([\d.]+) \| ([^|]+?) \| (PASS|FAIL) \|$")
@@ -50,6 +51,11 @@ def test_smoke_reports_every_variant_at_both_vocab_sizes(smoke_run):
         assert rows[(vocab, "base")]["memory_ratio"] == 1.0 and rows[(vocab, "base")]["time_ratio"] == 1.0
         naive, base = rows[(vocab, "naive entropy")], rows[(vocab, "base")]
         assert naive["memory_ratio"] == pytest.approx(naive["memory"] / base["memory"], abs=0.02)
+
+
+def test_report_names_the_kernel_a_trainer_would_pick(smoke_run):
+    assert ("`entropy_kernel=\"auto\"` in a trainer, for one loss call of 8 rows × 8 tokens: "
+            "grpo-custom's one-pass kernel") in smoke_run[0]
 
 
 def test_naive_entropy_needs_at_least_4x_the_memory_of_the_chunked_entropy_at_152k(smoke_run):

@@ -104,6 +104,8 @@ def test_config_validation_names_the_culprit():
                                advantage_estimator_kwargs={"gama": 0.9}, report_to="none", use_cpu=True)
     with pytest.raises(ValueError, match="reward_errors"):
         grpo_custom.GRPOConfig(output_dir="x", reward_errors="ignore", report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=r"entropy_kernel='fused' is not valid; choose one of \['auto', 'keep_log_probs'"):
+        grpo_custom.GRPOConfig(output_dir="x", entropy_kernel="fused", report_to="none", use_cpu=True)
 
 
 def test_a_trl_script_runs_unchanged_on_grpo_custom_classes(tiny_model_dir, tmp_path):

@@ -53,6 +53,7 @@ def test_unsloth_first_generates_fork_with_hooks_and_only_our_changes(tmp_path_f
     assert result["trainer_class"] == "UnslothGRPOTrainer"
     assert all(result["hooks"].values()), result["hooks"]
     assert result["trl_names_are_fork"] and result["grpo_custom_names_are_fork"] and result["idempotent"]
+    assert all(result["zoo_functions_wrapped"])  # entropy weights, entropy bonus, entropy log-softmax
     # Unsloth rewrote the fork exactly as it rewrites stock TRL: the generated files differ only by our edits,
     # our config fields, the import list and TRL's class docstring (which Unsloth drops only from the stock class)
     import trl
@@ -108,6 +109,9 @@ def test_broken_patches_raise_by_name_and_leave_nothing_patched(tmp_path_factory
     assert "hook_that_does_not_exist" in result["dropped_hook_error"]
     assert "grpo_accumulated_loss(" in result["lost_fast_loss_error"]
     assert all(result["after_dropped_hook"].values()) and all(result["after_lost_fast_loss"].values())
+    assert "entropy_log_softmax_of_a_future_unsloth" in result["moved_entropy_import_error"]
+    assert "one-pass entropy kernel" in result["moved_entropy_import_error"]
+    assert all(result["after_moved_entropy_import"].values())
 
 
 @pytest.mark.slow
@@ -130,7 +134,8 @@ def test_every_estimator_and_regularizer_trains_inside_the_compiled_fast_loss(tm
 
 def test_regularizer_gradients_inside_fast_loss_equal_full_logits_reference(tmp_path_factory):
     errors = run_scenario("gradients", tmp_path_factory)
-    assert len(errors) == 4 * 9
+    assert len(errors) == 4 * 10
+    assert {key.split('/')[1] for key in errors} >= {"entropy", "entropy_one_pass"}
     for key, relative_error in errors.items():
         assert relative_error < 1e-5, (key, relative_error)
 
@@ -151,3 +156,23 @@ def test_scheduled_coefficient_does_not_recompile_the_fast_loss(tmp_path_factory
     graphs = result["graphs_after_each_step"]
     assert graphs[0] > 0, "the chunk loss was not compiled"
     assert graphs[-1] == graphs[1], graphs  # no new graph after the first steps, although the coefficient moved
+
+
+def test_entropy_kernel_option_picks_the_kernel_and_both_give_the_same_gradients(tmp_path_factory):
+    result = run_scenario("entropy_kernels", tmp_path_factory)
+    # keep_log_probs / auto (one 4-row mini-batch: Unsloth's log-prob path keeps its logits) run the one-pass
+    # kernel for every entropy call; recompute runs Unsloth's recomputing kernel for all of them
+    for name in ("keep_log_probs", "auto", "trl_entropy_coef_only"):
+        calls = result[name]["calls"]
+        assert calls["entropy_calls"] > 0 and calls["one_pass"] == calls["entropy_calls"], (name, calls)
+    assert result["recompute"]["calls"]["entropy_calls"] > 0 and result["recompute"]["calls"]["one_pass"] == 0
+    assert result["no_entropy"]["calls"] == {"one_pass": 0, "entropy_calls": 0}
+    assert result["trl_entropy_coef_only"]["gradient_difference_vs_no_entropy"] > 1e-3
+    for name in ("keep_log_probs", "recompute", "auto", "trl_entropy_coef_only", "no_entropy"):
+        assert result[name]["trainable_changed"] > 0 and result[name]["frozen_changed"] == 0, name
+    assert result["gradient_tensors"] > 0 and result["gradient_scale"] > 0
+    for name in ("keep_log_probs", "auto"):
+        assert result[name]["gradient_relative_error"] < 1e-4, (name, result[name]["gradient_relative_error"])
+        assert result[name]["loss"] == pytest.approx(result["recompute"]["loss"], rel=1e-5, abs=1e-7)
+        assert result[name]["entropy_metric"] == pytest.approx(result["recompute"]["entropy_metric"], rel=1e-5)
+

@@ -28,7 +28,8 @@ def _tiny(model_dir, seed=0):
     return model, tokenizer
 
 
-def _train(trainer_class, config_class, model_dir, output_dir, steps=2, reward_funcs=None, **overrides):
+def _train(trainer_class, config_class, model_dir, output_dir, steps=2, reward_funcs=None, callbacks=None,
+           **overrides):
     from grpo_custom.length_task import length_dataset
     from tests.helpers import changed_parameters, cpu_training_kwargs, letter_fraction_reward, snapshot
 
@@ -36,7 +37,7 @@ def _train(trainer_class, config_class, model_dir, output_dir, steps=2, reward_f
     before = snapshot(model)
     args = config_class(**cpu_training_kwargs(output_dir, max_steps=steps, **overrides))
     trainer = trainer_class(model=model, reward_funcs=reward_funcs or [letter_fraction_reward], args=args,
-                            train_dataset=length_dataset(16), processing_class=tokenizer)
+                            train_dataset=length_dataset(16), processing_class=tokenizer, callbacks=callbacks)
     trainer.train()
     trainable, frozen = changed_parameters(model, before)
     weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -81,7 +82,9 @@ def unsloth_first(model_dir, work):
     stock_trainer, stock_config = trl.GRPOTrainer, trl.GRPOConfig
     stock_text = open(inspect.getfile(sys.modules[stock_trainer.__module__])).read()
     stock_module_binding = sys.modules["trl.trainer.grpo_trainer"]
-    zoo_functions = (zoo.grpo_entropy_bonus_weights, zoo.UnslothGRPOEntropyBonus)
+    zoo_function_names = ("grpo_entropy_bonus_weights", "UnslothGRPOEntropyBonus",
+                          "chunked_hidden_states_selective_log_softmax_recompute")
+    zoo_functions = [getattr(zoo, name) for name in zoo_function_names]
 
     import grpo_custom
 
@@ -91,6 +94,8 @@ def unsloth_first(model_dir, work):
     from trl import GRPOConfig as TRLConfig, GRPOTrainer as TRLTrainer
 
     result = {
+        "zoo_functions_wrapped": [getattr(zoo, name) is not original
+                                  for name, original in zip(zoo_function_names, zoo_functions)],
         "trl_names_are_fork": TRLTrainer is patch.trainer_class and TRLConfig is patch.config_class,
         "grpo_custom_names_are_fork": grpo_custom.GRPOTrainer is patch.trainer_class
         and grpo_custom.GRPOConfig is patch.config_class,
@@ -115,7 +120,7 @@ def unsloth_first(model_dir, work):
         "trl_trainer_is_stock_unsloth": trl.GRPOTrainer is stock_trainer,
         "trl_config_is_stock_unsloth": trl.GRPOConfig is stock_config,
         "module_binding_restored": sys.modules["trl.trainer.grpo_trainer"] is stock_module_binding,
-        "zoo_restored": (zoo.grpo_entropy_bonus_weights, zoo.UnslothGRPOEntropyBonus) == zoo_functions,
+        "zoo_restored": [getattr(zoo, name) for name in zoo_function_names] == zoo_functions,
         "no_active_patch": grpo_custom.unsloth_patch.active_patch() is None,
         "grpo_custom_name_is_plain_fork": grpo_custom.GRPOTrainer.__module__ == "trl.trainer.grpo_custom_fork",
     }
@@ -165,6 +170,15 @@ def broken(model_dir, work):
     original = trl.GRPOTrainer
     result = {}
 
+    def attempt_patch(case: str) -> None:
+        """Try patching; record the error and that neither TRL nor the active patch changed."""
+        try:
+            grpo_custom.patch_unsloth()
+        except unsloth_patch.UnslothPatchError as error:
+            result[f"{case}_error"] = str(error)
+        result[f"after_{case}"] = {"trl_untouched": trl.GRPOTrainer is original,
+                                   "no_active_patch": unsloth_patch.active_patch() is None}
+
     unsloth_patch.TESTED_VERSIONS = {**unsloth_patch.TESTED_VERSIONS, "unsloth": "2099.1.1"}
     try:
         grpo_custom.patch_unsloth()
@@ -187,12 +201,7 @@ def broken(model_dir, work):
     )
     original_edits = patches.GRPO_TRAINER_EDITS
     patches.GRPO_TRAINER_EDITS = original_edits + (opt_out,)
-    try:
-        grpo_custom.patch_unsloth()
-    except unsloth_patch.UnslothPatchError as error:
-        result["lost_fast_loss_error"] = str(error)
-    result["after_lost_fast_loss"] = {"trl_untouched": trl.GRPOTrainer is original,
-                                      "no_active_patch": unsloth_patch.active_patch() is None}
+    attempt_patch("lost_fast_loss")
     patches.GRPO_TRAINER_EDITS = original_edits
     from grpo_custom.fork import FORK_MODULE_NAME
 
@@ -200,13 +209,14 @@ def broken(model_dir, work):
 
     real_expected = unsloth_patch.expected_hook_calls
     unsloth_patch.expected_hook_calls = lambda: real_expected() + ["hook_that_does_not_exist"]
-    try:
-        grpo_custom.patch_unsloth()
-    except unsloth_patch.UnslothPatchError as error:
-        result["dropped_hook_error"] = str(error)
+    attempt_patch("dropped_hook")
     unsloth_patch.expected_hook_calls = real_expected
-    result["after_dropped_hook"] = {"trl_untouched": trl.GRPOTrainer is original,
-                                    "no_active_patch": unsloth_patch.active_patch() is None}
+
+    # An Unsloth whose loss no longer imports its entropy log-softmax where grpo-custom rebinds it
+    real_import = unsloth_patch.UNSLOTH_ENTROPY_IMPORT
+    unsloth_patch.UNSLOTH_ENTROPY_IMPORT = "entropy_log_softmax_of_a_future_unsloth as _entropy_log_softmax"
+    attempt_patch("moved_entropy_import")
+    unsloth_patch.UNSLOTH_ENTROPY_IMPORT = real_import
 
     return result
 
@@ -412,6 +422,27 @@ def gradients(model_dir, work):
             full_entropy = -(log_probs.exp() * log_probs).sum(-1)
             (0.3 * (-full_entropy * weights).sum()).backward()
             results[f"{loss_type}/entropy"] = float((fast - hidden.grad).abs().max() / hidden.grad.abs().max())
+
+            # entropy through the patched binding inside a loss call: grpo-custom's one-pass kernel, with the
+            # log-probs' gradient too (the policy loss reads them)
+            from grpo_custom.unsloth_loss import EntropyKernelPlan, _entropy_plan
+
+            grad_logps = torch.randn(B, T)
+            token = _entropy_plan.set(EntropyKernelPlan(mode="auto", total_rows=B, multiplier=4))
+            try:
+                hidden = fresh_hidden()
+                logps, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
+                    hidden, lm_head, ids, chunks=2, return_entropy=True)
+            finally:
+                _entropy_plan.reset(token)
+            ((logps * grad_logps).sum() + zoo.UnslothGRPOEntropyBonus.apply(entropies, -0.3 * weights, 1.0)).backward()
+            fast = hidden.grad
+            hidden = fresh_hidden()
+            log_probs = torch.log_softmax(hidden @ lm_head.t(), -1)  # [B, T, V]
+            full_entropy = -(log_probs.exp() * log_probs).sum(-1)
+            picked = log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            ((picked * grad_logps).sum() + 0.3 * (-full_entropy * weights).sum()).backward()
+            results[f"{loss_type}/entropy_one_pass"] = float((fast - hidden.grad).abs().max() / hidden.grad.abs().max())
     return results
 
 
@@ -442,24 +473,6 @@ def honest_config(model_dir, work):
         except UnsupportedOnFastPathError as error:
             result["adaptive_entropy_error"] = str(error)
     return result
-
-
-def main() -> None:
-    name, out = sys.argv[1], sys.argv[2]
-    import torch
-
-    torch.set_num_threads(1)
-    from grpo_custom.tiny_model import save_tiny_model
-
-    with tempfile.TemporaryDirectory() as work:
-        model_dir = str(save_tiny_model(os.path.join(work, "tiny")))
-        result = SCENARIOS[name](model_dir, work)
-    with open(out, "w") as handle:
-        json.dump(result, handle, indent=1, default=repr)
-
-
-if __name__ == "__main__":
-    main()
 
 
 @scenario
@@ -505,3 +518,104 @@ def gpu_4bit(model_dir, work):
     }
     patch.revert()
     return result
+
+
+@scenario
+def entropy_kernels(model_dir, work):
+    """Entropy terms in a patched trainer: which chunked kernel runs per ``entropy_kernel``, and equal gradients.
+
+    Each case trains one step from the same seed with an entropy regularizer, TRL's ``entropy_coef``
+    and ``top_entropy_quantile`` (whose mask reads the entropies), and records the LoRA gradients
+    before the optimizer step and how often each kernel ran with ``return_entropy=True``.
+    """
+    from transformers import TrainerCallback
+
+    import grpo_custom
+    from grpo_custom import entropy_kernel
+    from tests.helpers import letter_fraction_reward
+
+    calls = {"one_pass": 0, "entropy_calls": 0}
+    one_pass_apply = entropy_kernel.ChunkedLogProbsAndEntropy.apply
+
+    def counting_one_pass(*args):
+        calls["one_pass"] += 1
+        return one_pass_apply(*args)
+
+    class CaptureGradients(TrainerCallback):
+        def __init__(self):
+            self.gradients = None
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if self.gradients is None:
+                self.gradients = {name: p.grad.detach().clone() for name, p in model.named_parameters()
+                                  if p.requires_grad and p.grad is not None}
+
+    cases = {
+        "keep_log_probs": {"entropy_kernel": "keep_log_probs"},
+        "recompute": {"entropy_kernel": "recompute"},
+        "auto": {"entropy_kernel": "auto"},
+    }
+    entropy_options = {"regularizers": [{"name": "entropy", "coef": 0.05}], "entropy_coef": 0.02,
+                       "top_entropy_quantile": 0.5}
+    result = {}
+    with grpo_custom.patch_unsloth():
+        import unsloth_zoo.rl_replacements as zoo
+
+        patched = zoo.chunked_hidden_states_selective_log_softmax_recompute
+
+        def counting_entropy_calls(*args, **kwargs):
+            if kwargs.get("return_entropy", False):
+                calls["entropy_calls"] += 1
+            return patched(*args, **kwargs)
+
+        zoo.chunked_hidden_states_selective_log_softmax_recompute = counting_entropy_calls
+        entropy_kernel.ChunkedLogProbsAndEntropy.apply = counting_one_pass
+        gradients = {}
+        try:
+            extra_cases = [("trl_entropy_coef_only", {"entropy_coef": 0.02}), ("no_entropy", {})]
+            for name, overrides in [*cases.items(), *extra_cases]:
+                options = overrides if name in dict(extra_cases) else {**entropy_options, **overrides}
+                calls.update(one_pass=0, entropy_calls=0)
+                capture = CaptureGradients()
+                trainer, trainable, frozen, _ = _train(
+                    grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir, os.path.join(work, name), steps=2,
+                    reward_funcs=[letter_fraction_reward], callbacks=[capture], check_rewards="off", **options)
+                gradients[name] = capture.gradients
+                logged = [h for h in trainer.state.log_history if "loss" in h]
+                result[name] = {"calls": dict(calls), "trainable_changed": len(trainable),
+                                "frozen_changed": len(frozen),
+                                "entropy_metric": logged[0].get("regularizers/entropy/value"),
+                                "loss": logged[0]["loss"]}
+        finally:
+            zoo.chunked_hidden_states_selective_log_softmax_recompute = patched
+            entropy_kernel.ChunkedLogProbsAndEntropy.apply = one_pass_apply
+    reference = gradients["recompute"]
+    for name in ("keep_log_probs", "auto"):
+        result[name]["gradient_relative_error"] = max(
+            float((gradients[name][key] - grad).abs().max() / grad.abs().max().clamp(min=1e-12))
+            for key, grad in reference.items())
+    # TRL's entropy_coef acts under Unsloth: its gradient differs from a run without entropy
+    result["trl_entropy_coef_only"]["gradient_difference_vs_no_entropy"] = max(
+        float((gradients["trl_entropy_coef_only"][key] - grad).abs().max() / grad.abs().max().clamp(min=1e-12))
+        for key, grad in gradients["no_entropy"].items())
+    result["gradient_tensors"] = len(reference)
+    result["gradient_scale"] = max(float(grad.abs().max()) for grad in reference.values())
+    return result
+
+
+def main() -> None:
+    name, out = sys.argv[1], sys.argv[2]
+    import torch
+
+    torch.set_num_threads(1)
+    from grpo_custom.tiny_model import save_tiny_model
+
+    with tempfile.TemporaryDirectory() as work:
+        model_dir = str(save_tiny_model(os.path.join(work, "tiny")))
+        result = SCENARIOS[name](model_dir, work)
+    with open(out, "w") as handle:
+        json.dump(result, handle, indent=1, default=repr)
+
+
+if __name__ == "__main__":
+    main()
