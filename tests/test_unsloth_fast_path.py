@@ -176,3 +176,13 @@ def test_entropy_kernel_option_picks_the_kernel_and_both_give_the_same_gradients
         assert result[name]["loss"] == pytest.approx(result["recompute"]["loss"], rel=1e-5, abs=1e-7)
         assert result[name]["entropy_metric"] == pytest.approx(result["recompute"]["entropy_metric"], rel=1e-5)
 
+
+
+def test_scenario_runner_starts_after_every_scenario_is_registered():
+    """``python -m tests.unsloth_scenarios NAME`` runs main() where the module's last statement stands:
+    a scenario defined below it (as gpu_4bit once was) would be unknown to the runner."""
+    import ast
+
+    tree = ast.parse((ROOT / "tests" / "unsloth_scenarios.py").read_text())
+    last = tree.body[-1]
+    assert isinstance(last, ast.If) and "__main__" in ast.unparse(last.test), ast.unparse(last)[:200]
