@@ -18,20 +18,27 @@ import grpo_custom
 pytestmark = pytest.mark.unsloth
 ROOT = Path(__file__).resolve().parent.parent
 _cache: dict[str, dict] = {}
+# Unsloth's padded mini-batch loop, and its defaults on a GPU: sequence packing + prefix grouper
+LOSS_LAYOUTS = pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 
 
-def run_scenario(name: str, tmp_path_factory, *, compile_loss: bool = False) -> dict:
-    """Run one scenario in a subprocess with Unsloth's CPU spoof; cached per session."""
-    if name in _cache:
-        return _cache[name]
-    work = tmp_path_factory.mktemp(f"unsloth_{name}")
+def run_scenario(name: str, tmp_path_factory, *, compile_loss: bool = False, packing: bool = False) -> dict:
+    """Run one scenario in a subprocess with Unsloth's CPU spoof; cached per session.
+
+    ``packing`` turns on Unsloth's sequence packing and prefix grouper (its defaults, which it engages on
+    CPU too); otherwise its padded loop runs.
+    """
+    key = f"{name}/packed" if packing else name
+    if key in _cache:
+        return _cache[key]
+    work = tmp_path_factory.mktemp(f"unsloth_{name}{'_packed' if packing else ''}")
     env = {
         **os.environ,
         "UNSLOTH_ALLOW_CPU": "1",
         "UNSLOTH_COMPILE_DISABLE": "1",
         "UNSLOTH_COMPILE_LOCATION": str(work / "compiled"),
-        "UNSLOTH_GRPO_SEQ_PACKING": "0",
-        "UNSLOTH_GRPO_PREFIX_GROUPER": "0",
+        "UNSLOTH_GRPO_SEQ_PACKING": "1" if packing else "0",
+        "UNSLOTH_GRPO_PREFIX_GROUPER": "1" if packing else "0",
         "GRPO_CUSTOM_CACHE_DIR": str(work / "fork_cache"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -44,8 +51,8 @@ def run_scenario(name: str, tmp_path_factory, *, compile_loss: bool = False) -> 
                                capture_output=True, text=True, timeout=900)
     if completed.returncode != 0:
         pytest.fail(f"scenario {name} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}")
-    _cache[name] = json.loads(out.read_text())
-    return _cache[name]
+    _cache[key] = json.loads(out.read_text())
+    return _cache[key]
 
 
 def test_unsloth_first_generates_fork_with_hooks_and_only_our_changes(tmp_path_factory):
@@ -77,8 +84,9 @@ def test_unsloth_first_generates_fork_with_hooks_and_only_our_changes(tmp_path_f
         assert f"grpo_custom_hooks.{hook}(" in added
 
 
-def test_fork_with_default_settings_equals_stock_unsloth(tmp_path_factory):
-    result = run_scenario("unsloth_first", tmp_path_factory)
+@LOSS_LAYOUTS
+def test_fork_with_default_settings_equals_stock_unsloth(tmp_path_factory, packing):
+    result = run_scenario("unsloth_first", tmp_path_factory, packing=packing)
     assert len(result["stock_losses"]) == 3
     assert result["fork_losses"] == result["stock_losses"]
     assert result["fork_grad_norms"] == result["stock_grad_norms"]
@@ -115,8 +123,9 @@ def test_broken_patches_raise_by_name_and_leave_nothing_patched(tmp_path_factory
 
 
 @pytest.mark.slow
-def test_every_estimator_and_regularizer_trains_inside_the_compiled_fast_loss(tmp_path_factory):
-    runs = dict(run_scenario("train_registry", tmp_path_factory, compile_loss=True))
+@LOSS_LAYOUTS
+def test_every_estimator_and_regularizer_trains_inside_the_compiled_fast_loss(tmp_path_factory, packing):
+    runs = dict(run_scenario("train_registry", tmp_path_factory, compile_loss=True, packing=packing))
     runs.pop("recompiles")
     expected = set(grpo_custom.list_advantage_estimators()) | set(grpo_custom.list_regularizers()) | {"kl_reward"}
     assert set(runs) == expected
@@ -158,15 +167,18 @@ def test_scheduled_coefficient_does_not_recompile_the_fast_loss(tmp_path_factory
     assert graphs[-1] == graphs[1], graphs  # no new graph after the first steps, although the coefficient moved
 
 
-def test_entropy_kernel_option_picks_the_kernel_and_both_give_the_same_gradients(tmp_path_factory):
-    result = run_scenario("entropy_kernels", tmp_path_factory)
-    # keep_log_probs / auto (one 4-row mini-batch: Unsloth's log-prob path keeps its logits) run the one-pass
-    # kernel for every entropy call; recompute runs Unsloth's recomputing kernel for all of them
+@LOSS_LAYOUTS
+def test_entropy_kernel_option_picks_the_kernel_and_both_give_the_same_gradients(tmp_path_factory, packing):
+    result = run_scenario("entropy_kernels", tmp_path_factory, packing=packing)
+    # keep_log_probs / auto (one 4-row mini-batch, or the packed call: Unsloth's log-prob path keeps its logits)
+    # run the one-pass kernel for every entropy call; recompute runs Unsloth's recomputing kernel for all of them
     for name in ("keep_log_probs", "auto", "trl_entropy_coef_only"):
         calls = result[name]["calls"]
         assert calls["entropy_calls"] > 0 and calls["one_pass"] == calls["entropy_calls"], (name, calls)
+        # the packed path scores all completions as one row; the padded loop as one 4-row mini-batch
+        assert set(calls["rows"]) == ({1} if packing else {4}), (name, calls["rows"])
     assert result["recompute"]["calls"]["entropy_calls"] > 0 and result["recompute"]["calls"]["one_pass"] == 0
-    assert result["no_entropy"]["calls"] == {"one_pass": 0, "entropy_calls": 0}
+    assert result["no_entropy"]["calls"] == {"one_pass": 0, "entropy_calls": 0, "rows": []}
     assert result["trl_entropy_coef_only"]["gradient_difference_vs_no_entropy"] > 1e-3
     for name in ("keep_log_probs", "recompute", "auto", "trl_entropy_coef_only", "no_entropy"):
         assert result[name]["trainable_changed"] > 0 and result[name]["frozen_changed"] == 0, name

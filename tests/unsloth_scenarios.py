@@ -534,7 +534,7 @@ def entropy_kernels(model_dir, work):
     from grpo_custom import entropy_kernel
     from tests.helpers import letter_fraction_reward
 
-    calls = {"one_pass": 0, "entropy_calls": 0}
+    calls = {"one_pass": 0, "entropy_calls": 0, "rows": []}
     one_pass_apply = entropy_kernel.ChunkedLogProbsAndEntropy.apply
 
     def counting_one_pass(*args):
@@ -566,6 +566,7 @@ def entropy_kernels(model_dir, work):
         def counting_entropy_calls(*args, **kwargs):
             if kwargs.get("return_entropy", False):
                 calls["entropy_calls"] += 1
+                calls["rows"].append(int(args[0].shape[0]))  # 1: the packed-sequence call
             return patched(*args, **kwargs)
 
         zoo.chunked_hidden_states_selective_log_softmax_recompute = counting_entropy_calls
@@ -575,7 +576,7 @@ def entropy_kernels(model_dir, work):
             extra_cases = [("trl_entropy_coef_only", {"entropy_coef": 0.02}), ("no_entropy", {})]
             for name, overrides in [*cases.items(), *extra_cases]:
                 options = overrides if name in dict(extra_cases) else {**entropy_options, **overrides}
-                calls.update(one_pass=0, entropy_calls=0)
+                calls.update(one_pass=0, entropy_calls=0, rows=[])
                 capture = CaptureGradients()
                 trainer, trainable, frozen, _ = _train(
                     grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir, os.path.join(work, name), steps=2,
