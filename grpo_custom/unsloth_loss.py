@@ -311,10 +311,12 @@ def make_entropy_log_softmax(original):
 
     def chunked_hidden_states_selective_log_softmax_recompute(*args, **kwargs):
         plan = _entropy_plan.get()
+        if plan is None:
+            return original(*args, **kwargs)
         call = signature.bind(*args, **kwargs)
         call.apply_defaults()
         options = call.arguments
-        if plan is None or not options.get("return_entropy", False):
+        if not options.get("return_entropy", False):
             return original(*args, **kwargs)
         hidden, index = options["hidden_states"], options["index"]
         rows, width = (1, hidden.shape[0]) if hidden.dim() == 2 else (hidden.shape[0], hidden.shape[1])
@@ -385,38 +387,33 @@ def _log_fast_loss_metrics(trainer, step: FastLossStep) -> None:
         trainer._metrics[mode][f"{prefix}/{key}"].append(total / count)
 
 
-def install_loss_terms(module) -> None:
-    """Rebind the generated module's loss functions to grpo-custom's wrappers (idempotent)."""
+def _loss_bindings(module) -> list:
+    """``(owner, attribute, wrapper factory)`` for every Unsloth function grpo-custom wraps."""
     import unsloth_zoo.rl_replacements as zoo
 
-    if getattr(module.grpo_compute_loss, "grpo_custom_original", None) is None:
-        module.grpo_compute_loss = make_compute_loss(module.grpo_compute_loss)
-    if getattr(module.grpo_compute_loss_slow, "grpo_custom_original", None) is None:
-        module.grpo_compute_loss_slow = make_slow_compute_loss(module.grpo_compute_loss_slow)
-    if getattr(module.grpo_accumulated_loss, "grpo_custom_original", None) is None:
-        module.grpo_accumulated_loss = make_accumulated_loss(module.grpo_accumulated_loss)
-    trainer_base = module._UnslothGRPOTrainer
-    if getattr(trainer_base.compute_loss, "grpo_custom_original", None) is None:
-        trainer_base.compute_loss = make_trainer_compute_loss(trainer_base.compute_loss)
-    if getattr(module.UnslothEfficientGRPO, "grpo_custom_original", None) is None:
-        module.UnslothEfficientGRPO = make_efficient_grpo(module.UnslothEfficientGRPO)
-    if getattr(zoo.grpo_entropy_bonus_weights, "grpo_custom_original", None) is None:
-        zoo.grpo_entropy_bonus_weights = make_entropy_bonus_weights(zoo.grpo_entropy_bonus_weights)
-    if getattr(zoo.UnslothGRPOEntropyBonus, "grpo_custom_original", None) is None:
-        zoo.UnslothGRPOEntropyBonus = make_entropy_bonus(zoo.UnslothGRPOEntropyBonus)
-    recompute = zoo.chunked_hidden_states_selective_log_softmax_recompute
-    if getattr(recompute, "grpo_custom_original", None) is None:
-        zoo.chunked_hidden_states_selective_log_softmax_recompute = make_entropy_log_softmax(recompute)
+    return [
+        (module, "grpo_compute_loss", make_compute_loss),
+        (module, "grpo_compute_loss_slow", make_slow_compute_loss),
+        (module, "grpo_accumulated_loss", make_accumulated_loss),
+        (module, "UnslothEfficientGRPO", make_efficient_grpo),
+        (module._UnslothGRPOTrainer, "compute_loss", make_trainer_compute_loss),
+        (zoo, "grpo_entropy_bonus_weights", make_entropy_bonus_weights),
+        (zoo, "UnslothGRPOEntropyBonus", make_entropy_bonus),
+        (zoo, "chunked_hidden_states_selective_log_softmax_recompute", make_entropy_log_softmax),
+    ]
+
+
+def install_loss_terms(module) -> None:
+    """Rebind the generated module's loss functions (and unsloth_zoo's entropy pieces) to grpo-custom's wrappers (idempotent)."""
+    for owner, name, make_wrapper in _loss_bindings(module):
+        current = getattr(owner, name)
+        if getattr(current, "grpo_custom_original", None) is None:
+            setattr(owner, name, make_wrapper(current))
 
 
 def remove_loss_terms(module) -> None:
     """Undo :func:`install_loss_terms` (the generated module and unsloth_zoo get Unsloth's own functions)."""
-    import unsloth_zoo.rl_replacements as zoo
-
-    for owner, name in ((module, "grpo_compute_loss"), (module, "grpo_compute_loss_slow"), (module, "grpo_accumulated_loss"),
-                        (module, "UnslothEfficientGRPO"), (module._UnslothGRPOTrainer, "compute_loss"),
-                        (zoo, "grpo_entropy_bonus_weights"), (zoo, "UnslothGRPOEntropyBonus"),
-                        (zoo, "chunked_hidden_states_selective_log_softmax_recompute")):
+    for owner, name, _ in _loss_bindings(module):
         original = getattr(getattr(owner, name), "grpo_custom_original", None)
         if original is not None:
             setattr(owner, name, original)

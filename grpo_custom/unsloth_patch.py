@@ -148,8 +148,7 @@ def patch_status() -> str:
     if _active is None:
         return "not active (call grpo_custom.patch_unsloth())"
     return (f"active: {_active.trainer_class.__name__} compiled from the fork ({inspect.getfile(_active.module)}); "
-            "regularizer terms inside Unsloth's chunked loss; entropies from grpo-custom's one-pass kernel where "
-            "Unsloth keeps chunk logits (entropy_kernel='auto')")
+            "regularizer terms inside Unsloth's chunked loss; entropies from the kernel each config's entropy_kernel picks")
 
 
 def expected_hook_calls() -> list[str]:

@@ -38,7 +38,7 @@ def reference(hidden, lm_head, bias, ids, transform: dict):
     return log_p.gather(-1, ids.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
 
 
-def leaves(B=3, T=5, H=12, V=40, bias=False, head_grad=True, seed=0):
+def leaves(B=3, T=5, H=12, V=40, bias=False, seed=0):
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.randn(B, T, H, generator=generator, dtype=torch.float64)
     lm_head = torch.randn(V, H, generator=generator, dtype=torch.float64) / math.sqrt(H) * 3

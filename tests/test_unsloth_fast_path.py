@@ -189,7 +189,6 @@ def test_entropy_kernel_option_picks_the_kernel_and_both_give_the_same_gradients
         assert result[name]["entropy_metric"] == pytest.approx(result["recompute"]["entropy_metric"], rel=1e-5)
 
 
-
 def test_scenario_runner_starts_after_every_scenario_is_registered():
     """``python -m tests.unsloth_scenarios NAME`` runs main() where the module's last statement stands:
     a scenario defined below it (as gpu_4bit once was) would be unknown to the runner."""

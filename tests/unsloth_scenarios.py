@@ -44,6 +44,11 @@ def _train(trainer_class, config_class, model_dir, output_dir, steps=2, reward_f
     return trainer, sorted(trainable), sorted(frozen), weights
 
 
+def _relative_error(got, want) -> float:
+    """max |got − want| / max |want| (a float)."""
+    return float((got - want).abs().max() / want.abs().max().clamp(min=1e-12))
+
+
 def _generated_diff(stock_text: str, fork_text: str) -> dict:
     import difflib
 
@@ -357,7 +362,7 @@ def gradients(model_dir, work):
                 weights = token_weights_like_unsloth(mask, kwargs)
                 (0.7 * (term * weights).sum()).backward()
                 key = f"{loss_type}/kl_{config['kind']}" + (f"_grad_{config['grad_kind']}" if "grad_kind" in config else "")
-                results[key] = float((delta - hidden.grad).abs().max() / hidden.grad.abs().max().clamp(min=1e-12))
+                results[key] = _relative_error(delta, hidden.grad)
 
             # TRL's use_bias_correction_kl: the KL term times π/π_old, with the ratio's gradient too
             spec = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "coef": 0.7})
@@ -379,8 +384,7 @@ def gradients(model_dir, work):
             inputs = RegularizerInputs(logps=masked_logps, ref_logps=torch.where(keep, ref, 0.0), mask=mask,
                                        importance_ratio=torch.exp(masked_logps - masked_old))
             (0.7 * (spec.term(inputs) * token_weights_like_unsloth(mask, corrected)).sum()).backward()
-            results[f"{loss_type}/kl_k3_bias_corrected"] = float((delta - hidden.grad).abs().max()
-                                                                 / hidden.grad.abs().max())
+            results[f"{loss_type}/kl_k3_bias_corrected"] = _relative_error(delta, hidden.grad)
 
             # Unsloth's non-chunked fallback gets the same terms (taken from the trainer in the loss context)
             from types import SimpleNamespace
@@ -408,41 +412,33 @@ def gradients(model_dir, work):
             inputs = RegularizerInputs(logps=torch.where(keep, logps, 0.0), ref_logps=torch.where(keep, ref, 0.0),
                                        mask=mask)
             (0.7 * (spec.term(inputs) * token_weights_like_unsloth(mask, kwargs)).sum()).backward()
-            results[f"{loss_type}/slow_path_kl_k2"] = float((delta - hidden.grad).abs().max() / hidden.grad.abs().max())
+            results[f"{loss_type}/slow_path_kl_k2"] = _relative_error(delta, hidden.grad)
 
-            # entropy: Unsloth's chunked recomputing log-softmax with entropy, weighted like the loss type
-            hidden = fresh_hidden()
-            _, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
-                hidden, lm_head, ids, chunks=2, return_entropy=True)
-            weights = token_weights_like_unsloth(mask, kwargs)
-            zoo.UnslothGRPOEntropyBonus.apply(entropies, -0.3 * weights, 1.0).backward()
-            fast = hidden.grad
-            hidden = fresh_hidden()
-            log_probs = torch.log_softmax(hidden @ lm_head.t(), -1)  # [B, T, V]
-            full_entropy = -(log_probs.exp() * log_probs).sum(-1)
-            (0.3 * (-full_entropy * weights).sum()).backward()
-            results[f"{loss_type}/entropy"] = float((fast - hidden.grad).abs().max() / hidden.grad.abs().max())
-
-            # entropy through the patched binding inside a loss call: grpo-custom's one-pass kernel, with the
-            # log-probs' gradient too (the policy loss reads them)
+            # entropy, weighted like the loss type, with the log-probs' gradient too (the policy loss reads them):
+            # outside a loss call (no plan) the patched binding runs Unsloth's recomputing kernel, inside one
+            # grpo-custom's one-pass kernel
             from grpo_custom.unsloth_loss import EntropyKernelPlan, _entropy_plan
 
+            weights = token_weights_like_unsloth(mask, kwargs)
             grad_logps = torch.randn(B, T)
-            token = _entropy_plan.set(EntropyKernelPlan(mode="auto", total_rows=B, multiplier=4))
-            try:
-                hidden = fresh_hidden()
-                logps, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
-                    hidden, lm_head, ids, chunks=2, return_entropy=True)
-            finally:
-                _entropy_plan.reset(token)
-            ((logps * grad_logps).sum() + zoo.UnslothGRPOEntropyBonus.apply(entropies, -0.3 * weights, 1.0)).backward()
-            fast = hidden.grad
             hidden = fresh_hidden()
             log_probs = torch.log_softmax(hidden @ lm_head.t(), -1)  # [B, T, V]
             full_entropy = -(log_probs.exp() * log_probs).sum(-1)
             picked = log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
             ((picked * grad_logps).sum() + 0.3 * (-full_entropy * weights).sum()).backward()
-            results[f"{loss_type}/entropy_one_pass"] = float((fast - hidden.grad).abs().max() / hidden.grad.abs().max())
+            reference = hidden.grad
+            plans = {"entropy": None, "entropy_one_pass": EntropyKernelPlan(mode="auto", total_rows=B, multiplier=4)}
+            for name, plan in plans.items():
+                token = _entropy_plan.set(plan)
+                try:
+                    hidden = fresh_hidden()
+                    logps, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
+                        hidden, lm_head, ids, chunks=2, return_entropy=True)
+                finally:
+                    _entropy_plan.reset(token)
+                bonus = zoo.UnslothGRPOEntropyBonus.apply(entropies, -0.3 * weights, 1.0)
+                ((logps * grad_logps).sum() + bonus).backward()
+                results[f"{loss_type}/{name}"] = _relative_error(hidden.grad, reference)
     return results
 
 
@@ -524,9 +520,9 @@ def gpu_4bit(model_dir, work):
 def entropy_kernels(model_dir, work):
     """Entropy terms in a patched trainer: which chunked kernel runs per ``entropy_kernel``, and equal gradients.
 
-    Each case trains one step from the same seed with an entropy regularizer, TRL's ``entropy_coef``
+    Each case trains two steps from the same seed with an entropy regularizer, TRL's ``entropy_coef``
     and ``top_entropy_quantile`` (whose mask reads the entropies), and records the LoRA gradients
-    before the optimizer step and how often each kernel ran with ``return_entropy=True``.
+    before the first optimizer step and how often each kernel ran with ``return_entropy=True``.
     """
     from transformers import TrainerCallback
 
@@ -592,13 +588,11 @@ def entropy_kernels(model_dir, work):
             entropy_kernel.ChunkedLogProbsAndEntropy.apply = one_pass_apply
     reference = gradients["recompute"]
     for name in ("keep_log_probs", "auto"):
-        result[name]["gradient_relative_error"] = max(
-            float((gradients[name][key] - grad).abs().max() / grad.abs().max().clamp(min=1e-12))
-            for key, grad in reference.items())
+        result[name]["gradient_relative_error"] = max(_relative_error(gradients[name][key], grad)
+                                                      for key, grad in reference.items())
     # TRL's entropy_coef acts under Unsloth: its gradient differs from a run without entropy
     result["trl_entropy_coef_only"]["gradient_difference_vs_no_entropy"] = max(
-        float((gradients["trl_entropy_coef_only"][key] - grad).abs().max() / grad.abs().max().clamp(min=1e-12))
-        for key, grad in gradients["no_entropy"].items())
+        _relative_error(gradients["trl_entropy_coef_only"][key], grad) for key, grad in gradients["no_entropy"].items())
     result["gradient_tensors"] = len(reference)
     result["gradient_scale"] = max(float(grad.abs().max()) for grad in reference.values())
     return result
