@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from grpo_custom.estimators import get_advantage_estimator, list_advantage_estimators
+from grpo_custom.algorithms.estimators import get_advantage_estimator, list_advantage_estimators
 
 # Extra option sets timed besides each estimator's defaults.
 EXTRA_OPTIONS = {"grpo": [{"scale_rewards": "batch"}], "reinforce_pp": [{"gamma": 0.99}]}

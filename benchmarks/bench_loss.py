@@ -6,12 +6,12 @@ the policy's last hidden states h [B, T, H] (requires grad) and a frozen output 
 - per-token log-probs from the chunked hidden-state log-softmax (no [B, T, V] tensor is built;
   chunks = B · 4, Unsloth's default multiplier for T ≤ 16k);
 - ``UnslothEfficientGRPO.apply`` (loss_type "dapo"), with grpo-custom's log-prob terms passed in
-  its kwargs under ``grpo_custom.unsloth_loss.TERMS_KEY`` exactly as the trainer passes them;
+  its kwargs under ``grpo_custom.unsloth.loss_terms.TERMS_KEY`` exactly as the trainer passes them;
 - ``loss.backward()``.
 
 Variants: ``base``; ``kl k3``; ``kl k3 (k2 grad)`` (k3 value, k2 straight-through gradient);
 ``entropy`` (log-probs and entropies from grpo-custom's one-pass chunked kernel,
-``grpo_custom.entropy_kernel``, and ``UnslothGRPOEntropyBonus`` with grpo-custom's loss-type weights:
+``grpo_custom.unsloth.entropy_kernel``, and ``UnslothGRPOEntropyBonus`` with grpo-custom's loss-type weights:
 what a patched trainer runs for an entropy regularizer at these shapes with ``entropy_kernel="auto"``;
 the report states that decision); ``entropy (recompute)`` (Unsloth's recomputing kernel with
 ``return_entropy=True``: what runs with ``entropy_kernel="recompute"`` and where Unsloth's own log-prob
@@ -23,6 +23,7 @@ entropy ≥ 4× the peak memory of ``entropy``. The script prints a markdown rep
 whatever the verdicts (it is a benchmark; the verdicts are in the report).
 
     python benchmarks/bench_loss.py [--device auto|cpu|cuda] [--smoke] [--repeats K] [--output PATH]
+                                    [--batch B] [--tokens T] [--hidden H] [--vocab V [V ...]]
 
 On CPU, Unsloth's GPU code path runs with ``UNSLOTH_ALLOW_CPU=1`` (set here before Unsloth is
 imported) and torch.compile off. A full run writes ``benchmarks/RESULTS_loss_<device>.md``.
@@ -227,10 +228,10 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
     import torch
     import unsloth_zoo.rl_replacements as zoo
 
-    from grpo_custom.entropy_kernel import chunked_logps_and_entropies
-    from grpo_custom.loss_aggregation import token_weights_like_unsloth
-    from grpo_custom.regularizers import RegularizerSpec
-    from grpo_custom.unsloth_loss import TERMS_KEY
+    from grpo_custom.algorithms.loss_aggregation import token_weights_like_unsloth
+    from grpo_custom.algorithms.regularizers import RegularizerSpec
+    from grpo_custom.unsloth.entropy_kernel import chunked_logps_and_entropies
+    from grpo_custom.unsloth.loss_terms import TERMS_KEY
 
     kl_k3 = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "coef": KL_COEF})
     kl_k3_k2_grad = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "grad_kind": "k2", "coef": KL_COEF})
@@ -412,7 +413,7 @@ def _ratio(by_variant: dict, numerator: str, denominator: str, attribute: str) -
 
 def auto_kernel_line(sizes: tuple) -> str:
     """What a patched trainer's ``entropy_kernel="auto"`` picks for one loss call of these sizes."""
-    from grpo_custom.unsloth_loss import EntropyKernelPlan, keeps_log_probs
+    from grpo_custom.unsloth.entropy_plan import EntropyKernelPlan, keeps_log_probs
 
     batch, tokens, _ = sizes
     plan = EntropyKernelPlan(mode="auto", total_rows=batch, multiplier=max(4, tokens // 4096))
@@ -442,6 +443,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--smoke", action="store_true", help=f"tiny sizes B,T,H = {SIZES['smoke']} (CI)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (median reported)")
+    parser.add_argument("--batch", type=int, default=None, help="B (default: the mode's, see SIZES)")
+    parser.add_argument("--tokens", type=int, default=None, help="completion tokens T (default: the mode's)")
+    parser.add_argument("--hidden", type=int, default=None, help="hidden size H (default: the mode's)")
+    parser.add_argument("--vocab", type=int, nargs="+", default=None, help=f"vocabulary sizes (default {VOCAB_SIZES})")
     parser.add_argument("--output", type=Path, default=None,
                         help="markdown file to write (default: benchmarks/RESULTS_loss_<device>.md; "
                              "--smoke writes none unless given)")
@@ -456,6 +461,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(options.device)
     mode = "smoke" if options.smoke else device
     repeats = options.repeats or DEFAULT_REPEATS[mode]
+    sizes = tuple(given if given is not None else default
+                  for given, default in zip((options.batch, options.tokens, options.hidden), SIZES[mode]))
+    vocab_sizes = tuple(options.vocab or VOCAB_SIZES)
     output = options.output
     if output is None and not options.smoke:
         output = RESULTS_DIR / f"RESULTS_loss_{device}.md"
@@ -470,7 +478,7 @@ def main(argv: list[str] | None = None) -> dict:
             torch.set_num_threads(1)
         module = grpo_custom.patch_unsloth().module
         variants = build_variants(module)
-        problems = {vocab: make_problem(module, *SIZES[mode], vocab, device) for vocab in VOCAB_SIZES}
+        problems = {vocab: make_problem(module, *sizes, vocab, device) for vocab in vocab_sizes}
         meter = CudaPeakMemory() if device == "cuda" else CpuPeakMemory()
         peaks = {}
         for vocab, problem in problems.items():
@@ -484,8 +492,8 @@ def main(argv: list[str] | None = None) -> dict:
                            for name, loss_fn in variants.items()}
                    for vocab, problem in problems.items()}
         del problems
-        header = machine_header(device, SIZES[mode], repeats, meter)
-        header.append(auto_kernel_line(SIZES[mode]))
+        header = machine_header(device, sizes, repeats, meter)
+        header.append(auto_kernel_line(sizes))
 
     title = f"Unsloth chunked GRPO loss with grpo-custom regularizers: {device.upper()}"
     if options.smoke:

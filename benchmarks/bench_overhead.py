@@ -41,8 +41,8 @@ def time_run(trainer_class, config_class, model_dir: str, steps: int, seed: int,
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from grpo_custom.length_task import length_dataset
-    from grpo_custom.tiny_model import load_tiny_model
+    from grpo_custom.testing.length_task import length_dataset
+    from grpo_custom.testing.tiny_model import load_tiny_model
 
     torch.manual_seed(seed)
     model, tokenizer = load_tiny_model(model_dir)
@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
     import trl
 
     import grpo_custom
-    from grpo_custom.tiny_model import save_tiny_model
+    from grpo_custom.testing.tiny_model import save_tiny_model
 
     torch.set_num_threads(1)
     if not torch.cuda.is_available():
-        from grpo_custom.cpu_logprob import use_torch_logprob_kernel
+        from grpo_custom.testing.cpu_logprob import use_torch_logprob_kernel
 
         use_torch_logprob_kernel()
     stock_times, fork_times = [], []

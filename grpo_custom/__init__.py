@@ -3,41 +3,53 @@ regularizers and reward schedules that run inside Unsloth's fast LoRA loss.
 
 ``from grpo_custom import GRPOConfig, GRPOTrainer`` gives the fork (TRL's trainer generated from
 the installed, pinned TRL plus grpo-custom's edits); after :func:`patch_unsloth` it gives the
-Unsloth-compiled fork. Importing this package patches nothing.
+Unsloth-compiled fork. Importing this package patches nothing and imports nothing heavy: each public
+name is imported from its module on first access (see ARCHITECTURE.md for the layers).
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-from .estimators import (
-    get_advantage_estimator,
-    list_advantage_estimators,
-    register_advantage_estimator,
-    validate_estimator_options,
-)
-from .kl import KL_KINDS, kl_estimate, sequence_kl
-from .regularizers import (
-    RegularizerInputs,
-    RegularizerSpec,
-    get_regularizer,
-    list_regularizers,
-    parse_regularizers,
-    register_regularizer,
-)
-from .reward_check import RewardCheckReport, check_reward, reward_length_correlation
-from .reward_guard import RewardFunctionError, guard_reward_function
-from .rewards import (
-    THINK_ANSWER_PATTERN,
-    code_execution_reward,
-    format_reward,
-    length_reward,
-    math_answer_reward,
-    run_in_sandbox,
-)
-from .schedules import RewardSchedule, Schedule, Stage, blend
-from .tasks import TaskNormalizer, TaskRoutingError, audit_tasks, route_rewards
-from .reward_model import RewardModelReward
-from .unsloth_patch import UnslothPatchError, patch_unsloth
+from grpo_custom.utils.version import __version__
+
+# Public name -> the module that defines it (imported on first access).
+_EXPORTS = {
+    "KL_KINDS": "grpo_custom.algorithms.kl",
+    "kl_estimate": "grpo_custom.algorithms.kl",
+    "sequence_kl": "grpo_custom.algorithms.kl",
+    "get_advantage_estimator": "grpo_custom.algorithms.estimators",
+    "list_advantage_estimators": "grpo_custom.algorithms.estimators",
+    "register_advantage_estimator": "grpo_custom.algorithms.estimators",
+    "validate_estimator_options": "grpo_custom.algorithms.estimators",
+    "RegularizerInputs": "grpo_custom.algorithms.regularizers",
+    "RegularizerSpec": "grpo_custom.algorithms.regularizers",
+    "get_regularizer": "grpo_custom.algorithms.regularizers",
+    "list_regularizers": "grpo_custom.algorithms.regularizers",
+    "parse_regularizers": "grpo_custom.algorithms.regularizers",
+    "register_regularizer": "grpo_custom.algorithms.regularizers",
+    "THINK_ANSWER_PATTERN": "grpo_custom.rewards",
+    "code_execution_reward": "grpo_custom.rewards",
+    "format_reward": "grpo_custom.rewards",
+    "length_reward": "grpo_custom.rewards",
+    "math_answer_reward": "grpo_custom.rewards",
+    "run_in_sandbox": "grpo_custom.rewards",
+    "RewardCheckReport": "grpo_custom.rewards.direction_check",
+    "check_reward": "grpo_custom.rewards.direction_check",
+    "reward_length_correlation": "grpo_custom.rewards.direction_check",
+    "RewardFunctionError": "grpo_custom.rewards.guard",
+    "guard_reward_function": "grpo_custom.rewards.guard",
+    "RewardModelReward": "grpo_custom.rewards.reward_model",
+    "Schedule": "grpo_custom.rewards.scalar_schedule",
+    "RewardSchedule": "grpo_custom.rewards.reward_schedule",
+    "Stage": "grpo_custom.rewards.reward_schedule",
+    "blend": "grpo_custom.rewards.reward_schedule",
+    "TaskNormalizer": "grpo_custom.rewards.tasks",
+    "TaskRoutingError": "grpo_custom.rewards.tasks",
+    "audit_tasks": "grpo_custom.rewards.tasks",
+    "route_rewards": "grpo_custom.rewards.tasks",
+    "UnslothPatchError": "grpo_custom.unsloth.patch",
+    "patch_unsloth": "grpo_custom.unsloth.patch",
+}
 
 __all__ = [
     "GRPOConfig",
@@ -82,14 +94,23 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The trainer and config are resolved on access: the fork is generated on first use, and after
+    # The trainer and config are resolved on every access: the fork is generated on first use, and after
     # patch_unsloth() these names give Unsloth's compiled fork.
     if name == "GRPOTrainer":
-        from .trainer_classes import current_trainer_class
+        from grpo_custom.unsloth.trainer_classes import current_trainer_class
 
         return current_trainer_class()
     if name == "GRPOConfig":
-        from .trainer_classes import current_config_class
+        from grpo_custom.unsloth.trainer_classes import current_config_class
 
         return current_config_class()
-    raise AttributeError(f"module 'grpo_custom' has no attribute {name!r}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'grpo_custom' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later accesses skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

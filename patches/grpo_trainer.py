@@ -1,10 +1,10 @@
 """Edits to TRL 1.15.0 ``trl/trainer/grpo_trainer.py``: each inserts one hook into grpo-custom.
 
-The hooks live in :mod:`grpo_custom.trainer_hooks`, imported into the fork under the module-level
+The hooks live in :mod:`grpo_custom.fork.hooks`, imported into the fork under the module-level
 name ``grpo_custom_hooks``. Unsloth copies every module-level name of the trainer module into the
 ``UnslothGRPOTrainer`` it generates, so the same hooks run there too.
 """
-from grpo_custom.source_edit import SourceEdit
+from grpo_custom.fork.source_edit import SourceEdit
 
 GRPO_TRAINER_EDITS = (
     SourceEdit(
@@ -12,8 +12,8 @@ GRPO_TRAINER_EDITS = (
         reason="the fork's config adds grpo-custom's options; the hooks module is where every edit calls",
         anchor="from .grpo_config import GRPOConfig\n",
         replacement=(
-            "from grpo_custom.config import GRPOConfig\n"
-            "from grpo_custom import trainer_hooks as grpo_custom_hooks\n"
+            "from grpo_custom.fork.config import GRPOConfig\n"
+            "from grpo_custom.fork import hooks as grpo_custom_hooks\n"
         ),
     ),
     SourceEdit.insert_before(

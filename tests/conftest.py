@@ -25,7 +25,7 @@ def _session_environment(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Directory holding the offline tiny Qwen2 model and byte-level tokenizer."""
-    from grpo_custom.tiny_model import save_tiny_model
+    from grpo_custom.testing.tiny_model import save_tiny_model
 
     return str(save_tiny_model(tmp_path_factory.mktemp("tiny_model")))
 
@@ -46,7 +46,7 @@ def _torch_logprob_kernel_on_cpu():
     if torch.cuda.is_available():
         yield
         return
-    from grpo_custom.cpu_logprob import use_torch_logprob_kernel
+    from grpo_custom.testing.cpu_logprob import use_torch_logprob_kernel
 
     with use_torch_logprob_kernel():
         yield

@@ -38,7 +38,7 @@ def lora_model(model_dir: str, seed: int = 0):
     """The tiny model with a fresh LoRA adapter on its attention projections."""
     from peft import LoraConfig, get_peft_model
 
-    from grpo_custom.tiny_model import load_tiny_model
+    from grpo_custom.testing.tiny_model import load_tiny_model
 
     torch.manual_seed(seed)
     model, tokenizer = load_tiny_model(model_dir)

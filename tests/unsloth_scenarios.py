@@ -1,6 +1,6 @@
 """Scenarios run in a fresh process with Unsloth's GPU code path on CPU (GUIDE §2).
 
-``python -m tests.unsloth_scenarios NAME OUT.json``; tests/test_unsloth_fast_path.py starts them
+``python -m tests.unsloth_scenarios NAME OUT.json``; tests/unsloth/test_unsloth_fast_path.py starts them
 and asserts on the JSON each writes. Unsloth patches process-wide state at import, and the import
 order is part of what is tested, so every scenario gets its own interpreter.
 """
@@ -30,7 +30,7 @@ def _tiny(model_dir, seed=0):
 
 def _train(trainer_class, config_class, model_dir, output_dir, steps=2, reward_funcs=None, callbacks=None,
            **overrides):
-    from grpo_custom.length_task import length_dataset
+    from grpo_custom.testing.length_task import length_dataset
     from tests.helpers import changed_parameters, cpu_training_kwargs, letter_fraction_reward, snapshot
 
     model, tokenizer = _tiny(model_dir)
@@ -66,7 +66,7 @@ def _generated_diff(stock_text: str, fork_text: str) -> dict:
 def _hooks_in(module) -> dict:
     import inspect
 
-    from grpo_custom.unsloth_patch import expected_hook_calls
+    from grpo_custom.unsloth.patch import expected_hook_calls
 
     source = inspect.getsource(module)
     return {name: f"grpo_custom_hooks.{name}(" in source for name in expected_hook_calls()}
@@ -126,7 +126,7 @@ def unsloth_first(model_dir, work):
         "trl_config_is_stock_unsloth": trl.GRPOConfig is stock_config,
         "module_binding_restored": sys.modules["trl.trainer.grpo_trainer"] is stock_module_binding,
         "zoo_restored": [getattr(zoo, name) for name in zoo_function_names] == zoo_functions,
-        "no_active_patch": grpo_custom.unsloth_patch.active_patch() is None,
+        "no_active_patch": grpo_custom.unsloth.patch.active_patch() is None,
         "grpo_custom_name_is_plain_fork": grpo_custom.GRPOTrainer.__module__ == "trl.trainer.grpo_custom_fork",
     }
     again = grpo_custom.patch_unsloth()
@@ -153,7 +153,7 @@ def grpo_custom_first(model_dir, work):
             "trl_name_is_fork": GRPOTrainer is patch.trainer_class and module_level is patch.trainer_class,
             "grpo_custom_name_is_fork": grpo_custom.GRPOTrainer is patch.trainer_class,
             "hooks": _hooks_in(patch.module),
-            "doctor_active": "active: UnslothGRPOTrainer" in grpo_custom.unsloth_patch.patch_status(),
+            "doctor_active": "active: UnslothGRPOTrainer" in grpo_custom.unsloth.patch.patch_status(),
         }
         _, trainable, frozen, _ = _train(grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir,
                                          os.path.join(work, "fork"), check_rewards="off")
@@ -168,9 +168,9 @@ def broken(model_dir, work):
     import warnings
 
     import grpo_custom
-    import grpo_custom.unsloth_patch as unsloth_patch
+    import grpo_custom.unsloth.patch as unsloth_patch
     import trl
-    from grpo_custom.source_edit import SourceEdit
+    from grpo_custom.fork.source_edit import SourceEdit
 
     original = trl.GRPOTrainer
     result = {}
@@ -208,7 +208,7 @@ def broken(model_dir, work):
     patches.GRPO_TRAINER_EDITS = original_edits + (opt_out,)
     attempt_patch("lost_fast_loss")
     patches.GRPO_TRAINER_EDITS = original_edits
-    from grpo_custom.fork import FORK_MODULE_NAME
+    from grpo_custom.fork.generate import FORK_MODULE_NAME
 
     del sys.modules[FORK_MODULE_NAME]  # the next patch attempt generates the fork without the test-only edit
 
@@ -279,7 +279,7 @@ def _compiled_graphs_per_step(model_dir, output_dir, schedule) -> dict:
     from transformers import TrainerCallback
 
     import grpo_custom
-    from grpo_custom.length_task import length_dataset
+    from grpo_custom.testing.length_task import length_dataset
     from tests.helpers import cpu_training_kwargs, letter_fraction_reward
 
     counts = []
@@ -306,9 +306,9 @@ def gradients(model_dir, work):
     import torch
 
     import grpo_custom
-    from grpo_custom.loss_aggregation import token_weights_like_unsloth
-    from grpo_custom.regularizers import RegularizerInputs, RegularizerSpec
-    from grpo_custom.unsloth_loss import TERMS_KEY
+    from grpo_custom.algorithms.loss_aggregation import token_weights_like_unsloth
+    from grpo_custom.algorithms.regularizers import RegularizerInputs, RegularizerSpec
+    from grpo_custom.unsloth.loss_terms import TERMS_KEY
 
     torch.manual_seed(0)
     B, T, H, V = 3, 5, 8, 17
@@ -389,7 +389,7 @@ def gradients(model_dir, work):
             # Unsloth's non-chunked fallback gets the same terms (taken from the trainer in the loss context)
             from types import SimpleNamespace
 
-            from grpo_custom.unsloth_loss import _loss_trainer
+            from grpo_custom.unsloth.loss_terms import _loss_trainer
 
             spec = RegularizerSpec.from_config({"name": "kl", "kind": "k2", "coef": 0.7})
             fake_trainer = SimpleNamespace(state=SimpleNamespace(global_step=0),
@@ -417,7 +417,7 @@ def gradients(model_dir, work):
             # entropy, weighted like the loss type, with the log-probs' gradient too (the policy loss reads them):
             # outside a loss call (no plan) the patched binding runs Unsloth's recomputing kernel, inside one
             # grpo-custom's one-pass kernel
-            from grpo_custom.unsloth_loss import EntropyKernelPlan, _entropy_plan
+            from grpo_custom.unsloth.entropy_plan import EntropyKernelPlan, _entropy_plan
 
             weights = token_weights_like_unsloth(mask, kwargs)
             grad_logps = torch.randn(B, T)
@@ -446,12 +446,12 @@ def gradients(model_dir, work):
 def honest_config(model_dir, work):
     """Unsloth's silent config rewrites are reported; options its fast loss ignores raise."""
     import grpo_custom
-    from grpo_custom.honest_config import UnsupportedOnFastPathError
+    from grpo_custom.unsloth.honest_config import UnsupportedOnFastPathError
     from tests.helpers import cpu_training_kwargs, letter_fraction_reward
 
     result = {}
     with grpo_custom.patch_unsloth():
-        from grpo_custom.length_task import length_dataset
+        from grpo_custom.testing.length_task import length_dataset
 
         model, tokenizer = _tiny(model_dir)
         args = grpo_custom.GRPOConfig(**cpu_training_kwargs(os.path.join(work, "a"), loss_type="dapo",
@@ -481,8 +481,8 @@ def gpu_4bit(model_dir, work):
     patch = grpo_custom.patch_unsloth()
     from unsloth import FastLanguageModel
 
-    from grpo_custom.length_task import length_dataset
-    from grpo_custom.tiny_model import save_tiny_model
+    from grpo_custom.testing.length_task import length_dataset
+    from grpo_custom.testing.tiny_model import save_tiny_model
     from tests.helpers import changed_parameters, letter_fraction_reward, snapshot
 
     llama_dir = str(save_tiny_model(os.path.join(work, "tiny_llama"), architecture="llama"))
@@ -527,7 +527,7 @@ def entropy_kernels(model_dir, work):
     from transformers import TrainerCallback
 
     import grpo_custom
-    from grpo_custom import entropy_kernel
+    from grpo_custom.unsloth import entropy_kernel
     from tests.helpers import letter_fraction_reward
 
     calls = {"one_pass": 0, "entropy_calls": 0, "rows": []}
@@ -603,7 +603,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from grpo_custom.tiny_model import save_tiny_model
+    from grpo_custom.testing.tiny_model import save_tiny_model
 
     with tempfile.TemporaryDirectory() as work:
         model_dir = str(save_tiny_model(os.path.join(work, "tiny")))

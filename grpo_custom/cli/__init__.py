@@ -1,0 +1,2 @@
+"""Layer 5: the ``grpo-custom`` command line (``demo``, ``vendor``, ``diff``, ``doctor``).
+"""

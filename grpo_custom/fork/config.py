@@ -1,0 +1,165 @@
+"""``grpo_custom.GRPOConfig``: TRL's ``GRPOConfig`` plus grpo-custom's options, validated once.
+
+Every TRL field keeps its name, default and meaning, so a TRL script runs unchanged. The extra
+fields select the advantage estimator, regularizers, reward schedule, reward-error policy, reward
+checks and multi-task routing. Invalid values fail here, at construction, naming the option.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def pristine_trl_grpo_config() -> type:
+    """TRL's own ``GRPOConfig`` class, even after Unsloth replaced ``trl.trainer.grpo_config.GRPOConfig``."""
+    import trl.trainer.grpo_config as grpo_config_module
+
+    candidate = grpo_config_module.GRPOConfig
+    for klass in candidate.__mro__:
+        # Unsloth renames its UnslothGRPOConfig to look like TRL's class and flags it in its own __dict__.
+        unsloth_made = "_unsloth_patched_rl_config" in vars(klass)
+        if klass.__name__ == "GRPOConfig" and klass.__module__ == "trl.trainer.grpo_config" and not unsloth_made:
+            return klass
+    raise RuntimeError(f"Could not find TRL's GRPOConfig in the MRO of {candidate!r}")
+
+
+_TRLGRPOConfig = pristine_trl_grpo_config()
+
+REWARD_ERROR_POLICIES = ("raise", "nan")
+CHECK_REWARDS_MODES = ("warn", "error", "off")
+TASK_NORMALIZATION_MODES = (None, "group", "running")
+ENTROPY_KERNELS = ("auto", "keep_log_probs", "recompute")
+
+
+@dataclass
+class GRPOConfig(_TRLGRPOConfig):
+    """TRL 1.15 ``GRPOConfig`` with grpo-custom's options (all TRL fields unchanged).
+
+    Extra fields:
+        advantage_estimator: registered estimator name (see ``grpo_custom.list_advantage_estimators()``)
+            or a callable with the estimator contract. ``"grpo"`` reproduces TRL exactly.
+        advantage_estimator_kwargs: options passed to the estimator (checked against its signature).
+        regularizers: list of ``{"name": ..., "coef": ..., <options>}`` dicts or ``RegularizerSpec``.
+        reward_schedule: a ``grpo_custom.RewardSchedule``; reward weights follow it per generation step.
+        reward_errors: ``"raise"`` (default) or ``"nan"``: what a bad reward output does.
+        check_rewards: ``"warn"`` (default), ``"error"`` or ``"off"``: the reward direction check at start.
+        task_column: dataset column naming each sample's task (multi-task training).
+        task_rewards: ``{task: [reward_fn, ...]}`` or a routing callable; each completion is scored only by
+            its task's functions.
+        task_weights: optional per-task weights for ``task_rewards``.
+        task_normalization: ``None``, ``"group"`` or ``"running"``: per-task reward normalization.
+        task_balance: sample prompts task-balanced (groups stay intact).
+        entropy_kernel: Unsloth fast path only: how entropies (entropy regularizers, ``entropy_coef``,
+            ``top_entropy_quantile``) are computed in the chunked loss. ``"keep_log_probs"``: one LM-head pass,
+            each chunk's float32 log-probs kept for the backward (the memory Unsloth's own log-prob path keeps);
+            ``"recompute"``: Unsloth's kernel, per-row statistics only and the logits recomputed in the backward
+            (memory flat in B·T·V, one more LM-head matmul); ``"auto"`` (default): keep where Unsloth's log-prob
+            path keeps its logits for that batch, recompute where it offloads.
+    """
+
+    advantage_estimator: Any = field(default="grpo", metadata={"help": "Advantage estimator name or callable."})
+    advantage_estimator_kwargs: dict | None = field(default=None, metadata={"help": "Estimator options."})
+    regularizers: list | None = field(default=None, metadata={"help": "Extra loss/reward regularizers."})
+    reward_schedule: Any = field(default=None, metadata={"help": "A grpo_custom.RewardSchedule."})
+    reward_errors: str = field(default="raise", metadata={"help": "'raise' or 'nan' for bad reward outputs."})
+    check_rewards: str = field(default="warn", metadata={"help": "'warn', 'error' or 'off'."})
+    task_column: str | None = field(default=None, metadata={"help": "Dataset column holding the task name."})
+    task_rewards: Any = field(default=None, metadata={"help": "{task: [reward functions]} or a router."})
+    task_weights: dict | None = field(default=None, metadata={"help": "Per-task reward weights."})
+    task_normalization: str | None = field(default=None, metadata={"help": "None, 'group' or 'running'."})
+    task_balance: bool = field(default=False, metadata={"help": "Task-balanced prompt sampling."})
+    entropy_kernel: str = field(default="auto", metadata={
+        "help": "Unsloth fast path: 'auto', 'keep_log_probs' or 'recompute' (how chunked entropies are computed)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.validate_grpo_custom_options()
+
+    def validate_grpo_custom_options(self) -> None:
+        """Check grpo-custom's options; raises ``ValueError``/``TypeError`` naming the option."""
+        from grpo_custom.algorithms.estimators import get_advantage_estimator, validate_estimator_options
+        from grpo_custom.algorithms.regularizers import parse_regularizers
+
+        estimator = self.advantage_estimator
+        if isinstance(estimator, str):
+            get_advantage_estimator(estimator)
+        elif not callable(estimator):
+            raise TypeError(
+                f"advantage_estimator must be a registered name or a callable, got {type(estimator).__name__}."
+            )
+        if self.advantage_estimator_kwargs is not None and not isinstance(self.advantage_estimator_kwargs, dict):
+            raise TypeError("advantage_estimator_kwargs must be a dict of estimator options.")
+        validate_estimator_options(estimator, dict(self.advantage_estimator_kwargs or {}))
+        self.regularizer_specs = parse_regularizers(self.regularizers)
+        if self.reward_schedule is not None:
+            from grpo_custom.rewards.reward_schedule import RewardSchedule
+
+            if not isinstance(self.reward_schedule, RewardSchedule):
+                raise TypeError(
+                    f"reward_schedule must be a grpo_custom.RewardSchedule, got {type(self.reward_schedule).__name__}."
+                )
+        _check_choice("reward_errors", self.reward_errors, REWARD_ERROR_POLICIES)
+        _check_choice("check_rewards", self.check_rewards, CHECK_REWARDS_MODES)
+        _check_choice("task_normalization", self.task_normalization, TASK_NORMALIZATION_MODES)
+        _check_choice("entropy_kernel", self.entropy_kernel, ENTROPY_KERNELS)
+        needs_task_column = self.task_rewards is not None or self.task_normalization is not None or self.task_balance
+        if needs_task_column and not self.task_column:
+            raise ValueError("task_rewards, task_normalization and task_balance need task_column (the task's column).")
+        if self.task_weights is not None and self.task_rewards is None:
+            raise ValueError("task_weights is set but task_rewards is not: weights apply to task_rewards.")
+        if self.reward_weights is not None and any(not math.isfinite(float(w)) for w in self.reward_weights):
+            raise ValueError(f"reward_weights must be finite, got {self.reward_weights}.")
+
+    def to_dict(self) -> dict:
+        """TRL's ``to_dict`` with grpo-custom's objects (callables, schedules) as readable strings."""
+        result = super().to_dict()
+        for name in GRPO_CUSTOM_FIELDS:
+            result[name] = _plain(result.get(name))
+        return result
+
+    def __getstate__(self) -> dict:
+        # Trainer saves its args with torch.save: keep checkpoints working with lambdas in the config.
+        state = dict(self.__dict__)
+        for name in (*GRPO_CUSTOM_FIELDS, "regularizer_specs"):
+            if name in state:
+                try:
+                    pickle.dumps(state[name])
+                except Exception:
+                    state[name] = repr(state[name])
+        return state
+
+
+GRPO_CUSTOM_FIELDS = (
+    "advantage_estimator",
+    "advantage_estimator_kwargs",
+    "regularizers",
+    "reward_schedule",
+    "reward_errors",
+    "check_rewards",
+    "task_column",
+    "task_rewards",
+    "task_weights",
+    "task_normalization",
+    "task_balance",
+    "entropy_kernel",
+)
+
+
+def _check_choice(option: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{option}={value!r} is not valid; choose one of {list(choices)}.")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly form of a config value (callables by name, other objects by repr)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if callable(value) and hasattr(value, "__name__"):
+        return value.__name__
+    return repr(value)

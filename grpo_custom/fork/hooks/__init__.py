@@ -1,0 +1,38 @@
+"""The functions the fork's edits call (see ``patches/grpo_trainer.py``).
+
+Each hook receives the trainer and the upstream locals it needs, and returns what the upstream
+code continues with. All grpo-custom state of a trainer lives in one :class:`TrainerExtras`
+object at ``trainer.grpo_custom``. A trainer built from a stock TRL ``GRPOConfig`` gets TRL's
+behaviour: the ``grpo`` estimator and no regularizers, schedule or routing.
+
+The fork imports this package as ``grpo_custom_hooks``; the hooks live in one module per job:
+:mod:`.configure` (while the trainer is built), :mod:`.rewards` (before the reward functions run),
+:mod:`.advantages`, :mod:`.loss`, :mod:`.checkpoint`, and :mod:`.metrics` (what they log).
+"""
+from .advantages import compute_advantages
+from .checkpoint import STATE_FILE, load_checkpoint_state, save_checkpoint_state
+from .configure import (
+    TrainerExtras,
+    configure_trainer,
+    needs_reference_logps,
+    prepare_reward_funcs,
+    task_balanced_sampler,
+)
+from .loss import add_loss_regularizers, parameter_regularizer_loss
+from .rewards import before_reward_functions, schedule_context
+
+__all__ = [
+    "STATE_FILE",
+    "TrainerExtras",
+    "add_loss_regularizers",
+    "before_reward_functions",
+    "compute_advantages",
+    "configure_trainer",
+    "load_checkpoint_state",
+    "needs_reference_logps",
+    "parameter_regularizer_loss",
+    "prepare_reward_funcs",
+    "save_checkpoint_state",
+    "schedule_context",
+    "task_balanced_sampler",
+]

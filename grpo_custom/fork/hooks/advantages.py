@@ -1,0 +1,147 @@
+"""The advantage hook: weighted rewards, reward-placed penalties, per-task normalization, the estimator."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from grpo_custom.algorithms.regularizers import RegularizerInputs
+from grpo_custom.fork.hooks.metrics import _log, _log_advantage_metrics, _log_regularizer, _log_reward_health
+
+
+def _gathered_completion_mask(trainer, completion_mask: torch.Tensor) -> torch.Tensor:
+    if trainer.accelerator.num_processes == 1:
+        return completion_mask
+    padded = trainer.accelerator.pad_across_processes(completion_mask, dim=1, pad_index=0)
+    return trainer.accelerator.gather(padded)
+
+
+def compute_advantages(
+    trainer,
+    *,
+    rewards_per_func: torch.Tensor,
+    num_generations: int,
+    completion_mask: torch.Tensor,
+    inputs: list[dict],
+    mode: str,
+    ref_per_token_logps: torch.Tensor | None,
+    prompt_ids: torch.Tensor | None = None,
+    trl_advantages: torch.Tensor | None = None,
+    old_per_token_logps: torch.Tensor | None,
+    policy_per_token_logps: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """Advantages for the whole (gathered) generation batch from the configured estimator.
+
+    Order: weighted sum of the reward functions (NaN for completions no function scored, as in
+    TRL) → minus each reward-placed regularizer's ``coef · penalty`` → per-task normalization →
+    the estimator. Logs ``advantages/{mean,std,abs_max}``, the reward-health metrics and, with a
+    ``task_column``, ``tasks/<task>/*`` (``tasks.task_metrics``) of the rewards before task normalization.
+    """
+    extras = trainer.grpo_custom
+    device = rewards_per_func.device
+    weights = trainer.reward_weights.to(device)
+    unscorable = torch.isnan(rewards_per_func).all(dim=1)  # [N]
+    rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)  # [N]
+    rewards[unscorable] = torch.nan
+
+    full_mask = _gathered_completion_mask(trainer, completion_mask).to(device)  # [N, T]
+    lengths = full_mask.sum(dim=1)  # [N]
+
+    reward_specs = extras.placed("reward")
+    if reward_specs:
+        rewards = rewards - _reward_penalties(
+            trainer, reward_specs, completion_mask, ref_per_token_logps, old_per_token_logps,
+            policy_per_token_logps, mode, prompt_ids=prompt_ids,
+        ).to(device)
+
+    tasks = _gathered_task_labels(inputs, extras.task_column) if extras.task_column is not None else None
+    rewards_before_normalization = rewards  # [N], what the per-task metrics describe
+    if extras.task_normalizer is not None:
+        import copy
+
+        # evaluation batches use the running statistics without adding to them
+        normalizer = extras.task_normalizer if mode == "train" else copy.deepcopy(extras.task_normalizer)
+        rewards = normalizer.normalize(rewards, tasks, num_generations)
+
+    if trl_advantages is not None and extras.estimator_is_trls and not reward_specs and extras.task_normalizer is None:
+        result = trl_advantages  # TRL just computed exactly this estimator inline (bitwise: tests/algorithms/test_estimators.py)
+    else:
+        result = extras.estimator(
+            rewards,
+            num_generations,
+            completion_lengths=lengths,
+            completion_mask=full_mask,
+            rewards_per_func=rewards_per_func,
+            reward_weights=weights,
+            **extras.estimator_options,
+        )
+    _log_advantage_metrics(trainer, mode, result, full_mask)
+    _log_reward_health(trainer, mode, rewards_per_func, num_generations, lengths)
+    if tasks is not None:
+        from grpo_custom.rewards.tasks import task_metrics
+
+        per_sequence = result if result.dim() == 1 else (result * full_mask).sum(1) / full_mask.sum(1).clamp(min=1)
+        metrics = task_metrics(tasks, rewards_before_normalization, per_sequence, num_generations, lengths)
+        for name, value in metrics.items():
+            _log(trainer, mode, name, value)
+    for name, value in extras.pending_metrics.items():
+        _log(trainer, mode, name, value)
+    extras.pending_metrics.clear()
+    return result
+
+
+def _reward_penalties(trainer, specs, completion_mask, ref_logps, old_logps, policy_logps_fn, mode,
+                      prompt_ids=None) -> torch.Tensor:
+    """Σ coef · penalty over the reward-placed regularizers, gathered over processes: [N].
+
+    The penalties read the log-probs of the policy that sampled the batch (``old_logps``, else one
+    extra no-grad forward pass) and use the coefficients at the generation step. A zero coefficient
+    subtracts nothing (not even a non-finite penalty). Logs ``regularizers/<name>/value``, ``/coef``
+    and ``/reward_penalty``: the mean over the batch of the coef · penalty subtracted.
+    """
+    step = int(trainer.state.global_step)
+    logps = None
+    if any(spec.needs_reference for spec in specs):
+        if old_logps is None:
+            with torch.no_grad():
+                old_logps = policy_logps_fn()
+        logps = old_logps
+    if prompt_ids is not None:  # Unsloth returns generation-time log-probs in its window layout
+        from grpo_custom.algorithms.token_layout import window_to_completion
+
+        pad_id = trainer.processing_class.pad_token_id
+        width = completion_mask.shape[1]
+        logps, old_logps, ref_logps = (None if values is None else window_to_completion(values, prompt_ids, pad_id, width)
+                                       for values in (logps, old_logps, ref_logps))
+    lengths = completion_mask.sum(dim=1)
+    inputs = RegularizerInputs(
+        logps=logps, old_logps=old_logps, ref_logps=ref_logps, mask=completion_mask.float(),
+        advantages=None, entropies=None, model=None, completion_lengths=lengths,
+    )
+    total = None
+    for spec in specs:
+        coef = spec.coef_at(step)
+        penalty, metrics = spec.compute(inputs)  # [B]
+        weighted = trainer.accelerator.gather(torch.as_tensor(coef, dtype=penalty.dtype) * penalty)  # [N]
+        if coef != 0.0:
+            total = weighted if total is None else total + weighted
+        _log_regularizer(trainer, mode, spec, coef, {**metrics, "reward_penalty": weighted.mean().item()})
+    if total is None:
+        return trainer.accelerator.gather(torch.zeros_like(lengths, dtype=torch.float32))
+    return total
+
+
+def _gathered_task_labels(inputs: list[dict], task_column: str) -> list[str]:
+    """The task label of every completion of the (gathered) generation batch, checked: [N]."""
+    from accelerate.utils import gather_object
+
+    for index, example in enumerate(inputs):
+        label = example.get(task_column)
+        if not isinstance(label, str):
+            found = f"task {label!r}" if task_column in example else f"no {task_column!r} column"
+            raise ValueError(
+                f"task_column={task_column!r}: sample {index} of the batch has {found}; every sample needs a "
+                f"string task label (its columns: {sorted(example)})."
+            )
+    return gather_object([example[task_column] for example in inputs])
+

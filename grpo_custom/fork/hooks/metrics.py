@@ -1,0 +1,56 @@
+"""What the hooks log: values appended to the trainer's ``_metrics`` (regularizers, advantages, reward health)."""
+from __future__ import annotations
+
+import torch
+
+from grpo_custom.algorithms.regularizers import RegularizerSpec
+
+
+def _mode(trainer) -> str:
+    return "train" if trainer.model.training else "eval"
+
+
+def _log(trainer, mode: str, name: str, value: float) -> None:
+    trainer._metrics[mode][name].append(float(value))
+
+
+def _log_regularizer(trainer, mode: str, spec: RegularizerSpec, coef: float, metrics: dict) -> None:
+    """Log ``regularizers/<label>/coef`` and ``regularizers/<label>/<key>`` for every metric."""
+    _log(trainer, mode, f"{spec.metric_prefix}/coef", coef)
+    for key, value in metrics.items():
+        _log(trainer, mode, f"{spec.metric_prefix}/{key}", value)
+
+
+def _log_advantage_metrics(trainer, mode: str, advantages: torch.Tensor, mask: torch.Tensor) -> None:
+    values = advantages if advantages.dim() == 1 else advantages[mask.bool()]
+    if values.numel() == 0:
+        mean = std = abs_max = 0.0
+    else:
+        spread = values.std() if values.numel() > 1 else values.new_zeros(())
+        mean, std, abs_max = torch.stack([values.mean(), spread, values.abs().max()]).tolist()  # one sync
+    _log(trainer, mode, "advantages/mean", mean)
+    _log(trainer, mode, "advantages/std", std)
+    _log(trainer, mode, "advantages/abs_max", abs_max)
+
+
+def _log_reward_health(trainer, mode: str, rewards_per_func, num_generations: int, lengths) -> None:
+    """Per reward function ``f`` (column r of ``rewards_per_func`` [N, F]):
+
+    - ``reward_health/<f>/nan_rate``: share of the N completions with r = NaN (unscored: ``None``, a bad
+      value under ``reward_errors="nan"``, or another task's sample for a task-routed function);
+    - ``reward_health/<f>/frac_zero_std``: share of the groups f scored at least once whose scores have
+      zero std (TRL's ``isclose(nanstd, 0)``; one score counts as zero std); not logged when f scored no
+      group or G = 1;
+    - ``reward_health/<f>/length_corr``: Pearson correlation of r with the completion lengths over the
+      scored completions; not logged when undefined (fewer than two, or constant r or lengths).
+    """
+    import math
+
+    from grpo_custom.rewards.direction_check import reward_health_metrics
+
+    table = reward_health_metrics(rewards_per_func, lengths, num_generations).tolist()  # [3, F], one sync
+    for index, name in enumerate(trainer.reward_func_names):
+        for metric, values in zip(("nan_rate", "frac_zero_std", "length_corr"), table):
+            if not math.isnan(values[index]):
+                _log(trainer, mode, f"reward_health/{name}/{metric}", values[index])
+

@@ -1,0 +1,352 @@
+"""Sanity-check a reward function's direction and outputs on synthetic completions before training.
+
+GRPO *maximizes* reward. A length reward written as a distance, ``abs(target - len(c))``, silently
+trains the model away from the target. :func:`check_reward` calls a TRL reward function once on a
+batch of probe completions (empty, short, near the target length, far from it, very long,
+repeated words, garbage, common answer formats) and reports:
+
+* **direction**: the reward rises with the distance to the target length. Statistic: the Spearman
+  rank correlation ρ between ``|length - target|`` and the mean reward of the six length probes
+  (``empty``, ``very_short``, ``far_short``, ``near``, ``far_long``, ``very_long``); flagged when
+  ``ρ > 0.5`` *and* the mean reward of ``far_short`` and ``far_long`` exceeds that of ``near``.
+  A reward unrelated to length (e.g. a format reward) has no such correlation and is not flagged;
+* a reward that is **constant** over all probes (zero advantages: no learning signal);
+* **non-finite** values, **non-numbers**, the **wrong number** of values, an **exception**.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import random
+import string
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from grpo_custom.rewards.guard import classify_reward_value
+
+DEFAULT_TARGET = 20
+LENGTH_PROBES = ("empty", "very_short", "far_short", "near", "far_long", "very_long")
+OTHER_PROBES = ("repeated", "garbage", "think_answer", "boxed_answer")  # + "column_answer" when columns are given
+DIRECTION_RHO_THRESHOLD = 0.5
+DIRECTION_FIX = "GRPO maximizes reward: use -|d|, 1/(1+|d|) or exp(-k|d|) with d = length - target"
+_WORDS = ("the", "answer", "is", "a", "small", "number", "because", "we", "add", "two", "and", "three", "so", "it")
+_GARBAGE_CHARS = string.punctuation + "".join(chr(c) for c in range(0xA1, 0x180))
+
+
+@dataclass
+class RewardCheckReport:
+    """Result of :func:`check_reward`.
+
+    Attributes:
+        name: the reward function's name.
+        ok: no problem found.
+        problems: one message per problem, each suggesting a fix.
+        rewards: probe name → mean reward over its samples (NaN when no sample was scored).
+        lengths: probe name → length of its completions in ``unit`` (first sample).
+        target: the target length used for the length probes.
+        unit: ``"chars"`` or ``"tokens"``.
+        distance_correlation: Spearman ρ between ``|length - target|`` and reward over the length
+            probes (NaN when undefined, e.g. constant rewards).
+    """
+
+    name: str
+    ok: bool
+    problems: list[str]
+    rewards: dict[str, float]
+    lengths: dict[str, int] = field(default_factory=dict)
+    target: int = DEFAULT_TARGET
+    unit: str = "chars"
+    distance_correlation: float = math.nan
+
+    def __str__(self) -> str:
+        lines = [
+            f"Reward check of {self.name!r}: {'OK' if self.ok else 'PROBLEMS FOUND'} "
+            f"(target {self.target} {self.unit}, Spearman rho(|length - target|, reward) = "
+            f"{self.distance_correlation:+.2f})"
+        ]
+        for probe, reward in self.rewards.items():
+            lines.append(f"  {probe:<13} length {self.lengths.get(probe, 0):>5}  reward {reward:.6g}")
+        lines.extend(f"  PROBLEM: {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+def _as_float_array(values: Any) -> np.ndarray:
+    """A float64 numpy vector from a list (None → NaN), numpy array or tensor."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(torch.float64).cpu().numpy().reshape(-1)
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two equal-length float vectors; NaN for fewer than 2 points or zero variance."""
+    if len(x) < 2:
+        return math.nan
+    dx, dy = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
+    return float((dx * dy).sum()) / denominator if denominator > 0 else math.nan
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values``, tied values sharing the mean of their ranks (as Spearman needs)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation: Pearson correlation of the average ranks; NaN when undefined."""
+    x_array, y_array = _as_float_array(x), _as_float_array(y)
+    return _pearson(_average_ranks(x_array), _average_ranks(y_array))
+
+
+def reward_health_metrics(rewards_per_func: torch.Tensor, lengths: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """Per reward function, vectorized over functions: [3, F] = (nan_rate, frac_zero_std, length_corr).
+
+    - nan_rate: share of the N completions the function did not score (NaN);
+    - frac_zero_std: among the groups (consecutive blocks of G) it scored at least once, the share whose
+      scores have zero std (TRL's ``isclose(nanstd, 0)``, one score counting as zero std); NaN when it
+      scored no group or G = 1;
+    - length_corr: Pearson correlation of its scores with ``lengths`` over the scored completions; NaN
+      when undefined (fewer than two scores, or a constant side).
+
+    Args:
+        rewards_per_func: [N, F] rewards, NaN where unscored.
+        lengths: [N] completion lengths.
+        num_generations: G.
+    """
+    from trl.trainer.utils import nanstd
+
+    values = rewards_per_func.to(torch.float64)  # [N, F]
+    scored = ~torch.isnan(values)  # [N, F]
+    nan_rate = 1.0 - scored.to(torch.float64).mean(dim=0)  # [F]
+    if num_generations > 1:
+        grouped = values.view(-1, num_generations, values.shape[1])  # [P, G, F]
+        group_scored = scored.view(-1, num_generations, values.shape[1]).any(dim=1)  # [P, F]
+        std = torch.nan_to_num(nanstd(grouped, dim=1), nan=0.0)  # [P, F]
+        zero = torch.isclose(std, torch.zeros_like(std)) & group_scored
+        frac_zero_std = zero.sum(0) / group_scored.sum(0)  # [F], NaN when no group was scored
+    else:
+        frac_zero_std = torch.full_like(nan_rate, math.nan)
+    length = lengths.to(torch.float64).unsqueeze(1).expand_as(values)  # [N, F]
+    count = scored.sum(0)  # [F]
+    weight = scored.to(torch.float64)
+    mean_r = torch.nan_to_num(values).mul(weight).sum(0) / count  # [F]
+    mean_l = (length * weight).sum(0) / count
+    dr = (torch.nan_to_num(values) - mean_r) * weight  # [N, F]
+    dl = (length - mean_l) * weight
+    denominator = torch.sqrt((dr * dr).sum(0) * (dl * dl).sum(0))
+    correlation = torch.where((count >= 2) & (denominator > 0), (dr * dl).sum(0) / denominator,
+                              torch.full_like(denominator, math.nan))
+    return torch.stack([nan_rate, frac_zero_std, correlation])
+
+
+def reward_length_correlation(rewards: Any, lengths: Any) -> float:
+    """Pearson correlation between rewards and completion lengths, ignoring NaN / None pairs.
+
+    ``corr = Σ(r - r̄)(ℓ - ℓ̄) / sqrt(Σ(r - r̄)² Σ(ℓ - ℓ̄)²)`` over the pairs where both are finite.
+
+    Args:
+        rewards: ``[N]`` rewards (list with None allowed, numpy array or tensor).
+        lengths: ``[N]`` completion lengths.
+
+    Returns:
+        The correlation, or NaN with fewer than two finite pairs or a constant side.
+    """
+    reward_array, length_array = _as_float_array(rewards), _as_float_array(lengths)
+    if reward_array.shape != length_array.shape:
+        raise ValueError(
+            f"reward_length_correlation needs as many rewards as lengths, got {reward_array.size} and "
+            f"{length_array.size}."
+        )
+    finite = np.isfinite(reward_array) & np.isfinite(length_array)
+    return _pearson(reward_array[finite], length_array[finite])
+
+
+def _probe_lengths(target: int) -> dict[str, int]:
+    """Length (in units) of each length probe for ``target``; strictly increasing."""
+    return {
+        "empty": 0,
+        "very_short": max(1, round(target / 10)),
+        "far_short": round(target / 2),
+        "near": target,
+        "far_long": 2 * target,
+        "very_long": max(10 * target, target + 200),
+    }
+
+
+def _sized_text(pieces: Callable[[], str], length: int, unit: str) -> str:
+    """Text of exactly ``length`` chars (``unit="chars"``) or ``length`` space-separated pieces (``"tokens"``)."""
+    if unit == "tokens":
+        return " ".join(pieces() for _ in range(length))
+    text = ""
+    while len(text) < length:
+        text += pieces() + " "
+    return text[:length]
+
+
+def _probe_texts(target: int, unit: str, rng: random.Random) -> dict[str, str]:
+    """One sample of every probe's completion text."""
+
+    def word() -> str:
+        return rng.choice(_WORDS)
+
+    texts = {name: _sized_text(word, length, unit) for name, length in _probe_lengths(target).items()}
+    texts["repeated"] = _sized_text(lambda: "the", target, unit)
+    texts["garbage"] = _sized_text(lambda: "".join(rng.choices(_GARBAGE_CHARS, k=rng.randint(1, 6))), target, unit)
+    texts["think_answer"] = f"<think>{_sized_text(word, target, unit)}</think><answer>{rng.randint(0, 99)}</answer>"
+    texts["boxed_answer"] = f"{_sized_text(word, target, unit)} \\boxed{{{rng.randint(0, 99)}}}"
+    return texts
+
+
+def _synthetic_ids(text: str, unit: str) -> list[int]:
+    """Fake token ids whose count is the text's length in ``unit`` (one per char, or one per space-separated piece)."""
+    pieces = text if unit == "chars" else text.split()
+    return [100 + index % 1000 for index in range(len(pieces))]
+
+
+def _length_in_unit(text: str, unit: str) -> int:
+    """Length of ``text`` in chars, or in space-separated pieces for ``unit="tokens"``."""
+    return len(text) if unit == "chars" else len(text.split())
+
+
+def _call(fn: Callable, arguments: dict) -> Any:
+    """Call a sync or async reward function (async ones run on a fresh event loop in a worker thread)."""
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, fn(**arguments)).result()
+    return fn(**arguments)
+
+
+def _format_values(values: list[tuple[str, Any]]) -> str:
+    """``probe=value`` pairs (first four) for a problem message."""
+    return ", ".join(f"{probe}={value!r:.40}" for probe, value in values[:4]) + (" ..." if len(values) > 4 else "")
+
+
+def check_reward(
+    fn: Callable,
+    prompts: Sequence[Any] | None = None,
+    target: int | None = None,
+    *,
+    unit: str = "chars",
+    n_samples: int = 4,
+    seed: int = 0,
+    columns: Mapping[str, Sequence[Any]] | None = None,
+) -> RewardCheckReport:
+    """Call ``fn`` once on a batch of synthetic probe completions and report problems (see module docstring).
+
+    Args:
+        fn: a TRL reward function (sync or async).
+        prompts: prompts to pair with the probes (strings, or lists of messages for
+            conversational data: probes then become ``[{"role": "assistant", "content": ...}]``);
+            default one plain prompt. Sample ``j`` of each probe uses ``prompts[j % len(prompts)]``.
+        target: target length in ``unit`` for the length probes (>= 3); default
+            :data:`DEFAULT_TARGET`.
+        unit: ``"chars"`` or ``"tokens"``; ``completion_ids`` hold one fake id per char, or per
+            space-separated word (the probes' "tokens").
+        n_samples: random variants of each probe (the reward per probe is their mean).
+        seed: seed of the probe texts.
+        columns: extra dataset columns passed as kwargs, one value per prompt (e.g.
+            ``{"solution": ["42"]}``), repeated like the prompts.
+    """
+    name = getattr(fn, "__name__", type(fn).__name__)
+    if unit not in ("chars", "tokens"):
+        raise ValueError(f"check_reward unit must be 'chars' or 'tokens', got {unit!r}.")
+    target = DEFAULT_TARGET if target is None else target
+    if isinstance(target, bool) or not isinstance(target, int) or target < 3:
+        raise ValueError(f"check_reward target must be an int >= 3 (distinct probe lengths), got {target!r}.")
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"check_reward n_samples must be an int >= 1, got {n_samples!r}.")
+    prompts = list(prompts) if prompts is not None else ["Answer briefly:"]
+    if not prompts:
+        raise ValueError("check_reward prompts must not be empty.")
+    columns = dict(columns or {})
+    for column, values in columns.items():
+        if len(values) != len(prompts):
+            raise ValueError(f"check_reward column {column!r} has {len(values)} values for {len(prompts)} prompts.")
+    conversational = isinstance(prompts[0], list)
+
+    rng = random.Random(seed)
+    samples = [_probe_texts(target, unit, rng) for _ in range(n_samples)]
+    if columns:
+        # A completion that states the sample's column values (e.g. its reference solution), so a reward
+        # that compares against a column (math answers, tests) can score something other than "wrong".
+        for j, sample in enumerate(samples):
+            stated = " ".join(str(values[j % len(prompts)]) for values in columns.values())
+            sample["column_answer"] = f"The answer is {stated}. \\boxed{{{stated}}}"
+    probes = list(samples[0])
+    batch = [(probe, j, samples[j][probe]) for probe in probes for j in range(n_samples)]
+    arguments = {
+        "prompts": [prompts[j % len(prompts)] for _, j, _ in batch],
+        "completions": [[{"role": "assistant", "content": t}] if conversational else t for _, _, t in batch],
+        "completion_ids": [_synthetic_ids(t, unit) for _, _, t in batch],
+        "step": 0,
+        "progress": 0.0,
+        "stage": None,
+        "trainer_state": None,
+        "log_extra": lambda column, values: None,
+        "log_metric": lambda metric, value: None,
+        **{column: [values[j % len(prompts)] for _, j, _ in batch] for column, values in columns.items()},
+    }
+    lengths = {probe: _length_in_unit(samples[0][probe], unit) for probe in probes}
+
+    def report(problems: list[str], rewards: dict[str, float], rho: float = math.nan) -> RewardCheckReport:
+        return RewardCheckReport(name, not problems, problems, rewards, lengths, target, unit, rho)
+
+    try:
+        output = _call(fn, arguments)
+    except Exception as error:  # noqa: BLE001 - reported, the check's purpose
+        return report([f"{name!r} raised {type(error).__name__}: {error}. A reward function must score any "
+                       "completion; return None for one it cannot score."], {})
+    try:
+        values = list(output)
+    except TypeError:
+        values = None
+    if values is None or len(values) != len(batch):
+        got = f"{len(values)} values" if values is not None else f"a {type(output).__name__}"
+        return report([f"{name!r} returned {got} for {len(batch)} completions; return a list with one "
+                       "value per completion."], {})
+
+    problems: list[str] = []
+    by_probe: dict[str, list[float]] = {probe: [] for probe in probes}
+    bad: dict[str, list[tuple[str, Any]]] = {"non_number": [], "non_finite": []}
+    for (probe, _, _), value in zip(batch, values):
+        number, kind = classify_reward_value(value)
+        if kind is not None:
+            bad[kind].append((probe, value))
+        elif number is not None:
+            by_probe[probe].append(number)
+    if bad["non_number"]:
+        problems.append(f"{name!r} returned non-numbers ({_format_values(bad['non_number'])}); return floats "
+                        "(or None for an unscorable completion).")
+    if bad["non_finite"]:
+        problems.append(f"{name!r} returned NaN/inf ({_format_values(bad['non_finite'])}); these poison the group "
+                        "mean and std: return a finite number, or None for an unscorable completion.")
+    rewards = {probe: float(np.mean(scores)) if scores else math.nan for probe, scores in by_probe.items()}
+
+    scored = [score for scores in by_probe.values() for score in scores]
+    if not scored and not bad["non_number"] and not bad["non_finite"]:
+        problems.append(f"{name!r} returned None (cannot score) for every probe; check its inputs (columns?).")
+    elif scored and max(scored) - min(scored) <= 1e-9 * max(1.0, abs(scored[0])):
+        problems.append(f"{name!r} returns the same value {scored[0]:.6g} for every probe: GRPO advantages "
+                        "(reward minus group mean) are then zero and it gives no learning signal.")
+
+    length_rewards = np.array([rewards[probe] for probe in LENGTH_PROBES])
+    distances = np.array([abs(lengths[probe] - target) for probe in LENGTH_PROBES], dtype=np.float64)
+    rho = spearman_correlation(distances, length_rewards) if np.isfinite(length_rewards).all() else math.nan
+    far = (rewards["far_short"] + rewards["far_long"]) / 2
+    if rho > DIRECTION_RHO_THRESHOLD and far > rewards["near"]:
+        problems.append(
+            f"{name!r} prefers completions far from the target length {target} {unit}: reward rises with "
+            f"|length - target| (Spearman rho {rho:+.2f}; near {rewards['near']:.4g} < far {far:.4g}). "
+            f"{DIRECTION_FIX}."
+        )
+    return report(problems, rewards, rho)

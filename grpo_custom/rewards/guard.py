@@ -1,0 +1,192 @@
+"""Validate what a reward function returns before TRL turns it into a reward tensor.
+
+TRL converts a reward function's output with ``torch.tensor(values)``: a NaN or ±inf reward then
+poisons the group mean/std of every advantage in its group, a string fails deep inside torch, and
+an exception stops training with no hint of which sample caused it. :func:`guard_reward_function`
+wraps a reward function and checks every call:
+
+* ``"raise"`` policy: the first problem raises :class:`RewardFunctionError` naming the function,
+  the sample index and the value.
+* ``"nan"`` policy: a bad value becomes ``None`` (TRL's "cannot score", turned into NaN and
+  ignored by its NaN-aware group statistics); an exception or a wrong number of values makes the
+  whole batch ``None``. Each call with problems emits a :class:`BadRewardWarning` and calls
+  ``on_bad(name, counts)``.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+POLICIES = ("raise", "nan")
+BAD_KINDS = ("exception", "wrong_length", "non_number", "non_finite")
+
+
+class RewardFunctionError(ValueError):
+    """A reward function raised, returned the wrong number of values, a non-number, NaN or ±inf."""
+
+
+class BadRewardWarning(UserWarning):
+    """Emitted (policy ``"nan"``) when some rewards of a batch were replaced by ``None``."""
+
+
+def classify_reward_value(value: Any) -> tuple[float | None, str | None]:
+    """Convert one reward value to ``float | None`` and say what is wrong with it, if anything.
+
+    Accepted: ``None`` (TRL's "cannot score"), ``bool``, ``int``, ``float``, numpy scalars and
+    0-d numpy arrays / torch tensors. Anything else (a string, a list, a tensor with a shape) is a
+    ``"non_number"``; NaN and ±inf are ``"non_finite"``.
+
+    Returns:
+        ``(float_value, None)`` for a good number, ``(None, None)`` for ``None``, and
+        ``(None, kind)`` with ``kind`` in ``("non_number", "non_finite")`` for a bad value.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.is_complex():
+            return None, "non_number"
+        number = float(value.item())
+    elif isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind not in "biuf":
+            return None, "non_number"
+        number = float(value.item())
+    elif isinstance(value, (bool, np.bool_, numbers.Real)):
+        number = float(value)
+    else:
+        return None, "non_number"
+    if not math.isfinite(number):
+        return None, "non_finite"
+    return number, None
+
+
+def _describe(value: Any) -> str:
+    """A short description of a bad value for error messages (type, shape for arrays, repr)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return f"{type(value).__name__} of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80] + '...' if len(text) > 80 else text}"
+
+
+def guard_reward_function(
+    fn: Callable,
+    name: str,
+    policy: str = "raise",
+    on_bad: Callable[[str, dict[str, int]], None] | None = None,
+    reraise: tuple[type[Exception], ...] = (),
+) -> Callable:
+    """Wrap a TRL reward function so that bad outputs raise (``"raise"``) or become ``None`` (``"nan"``).
+
+    The wrapper has TRL's signature ``(prompts, completions, completion_ids=None, **kwargs)``,
+    returns ``list[float | None]`` (numbers converted to ``float``), is ``async`` when ``fn`` is,
+    and is named ``name`` (TRL logs rewards under ``rewards/<__name__>``).
+
+    Problems detected per call: ``fn`` raises (``"exception"``); the number of values differs from
+    ``len(prompts)`` or the output is not a sequence (``"wrong_length"``); a value is not a number
+    (``"non_number"``); a value is NaN or ±inf (``"non_finite"``).
+
+    Args:
+        fn: the reward function (sync or async).
+        name: the wrapper's ``__name__``, also used in messages.
+        policy: ``"raise"`` raises :class:`RewardFunctionError`; ``"nan"`` replaces bad values by
+            ``None`` (the whole batch for ``"exception"``/``"wrong_length"``), warns with
+            :class:`BadRewardWarning` and calls ``on_bad``.
+        on_bad: ``on_bad(name, counts)`` called (policy ``"nan"``) after a call with problems;
+            ``counts`` maps each kind of :data:`BAD_KINDS` to the number of samples it made ``None``.
+        reraise: exception types that propagate unchanged under both policies: configuration errors
+            (e.g. :class:`grpo_custom.rewards.tasks.TaskRoutingError`, a sample of an unknown task), not bad rewards.
+
+    Returns:
+        The wrapper; ``wrapper.bad_counts`` holds the cumulative per-kind sample counts (updated
+        under both policies) and ``wrapper.__wrapped__`` is ``fn``.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"Unknown reward guard policy {policy!r}; valid policies: {', '.join(POLICIES)}.")
+    if not callable(fn):
+        raise TypeError(f"Reward function {name!r} must be callable, got {type(fn).__name__}.")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A guarded reward function needs a non-empty string name, got {name!r}.")
+    if not isinstance(reraise, tuple) or not all(isinstance(t, type) and issubclass(t, Exception) for t in reraise):
+        raise TypeError(f"reraise must be a tuple of exception classes, got {reraise!r}.")
+
+    def report(counts: dict[str, int]) -> None:
+        for kind, count in counts.items():
+            wrapper.bad_counts[kind] += count
+        if policy == "nan" and any(counts.values()):
+            details = ", ".join(f"{kind}={count}" for kind, count in counts.items() if count)
+            warnings.warn(
+                f"Reward function {name!r}: {sum(counts.values())} reward(s) set to None ({details}).",
+                BadRewardWarning,
+                stacklevel=3,
+            )
+            if on_bad is not None:
+                on_bad(name, dict(counts))
+
+    def on_exception(error: Exception, num_samples: int) -> list[None]:
+        if isinstance(error, reraise):
+            raise error
+        report({**dict.fromkeys(BAD_KINDS, 0), "exception": num_samples})
+        if policy == "raise":
+            raise RewardFunctionError(f"Reward function {name!r} raised {type(error).__name__}: {error}") from error
+        return [None] * num_samples
+
+    def validate(output: Any, num_samples: int) -> list[float | None]:
+        counts = dict.fromkeys(BAD_KINDS, 0)
+        try:
+            values = list(output)
+        except TypeError:
+            values = None
+        if values is None or len(values) != num_samples:
+            counts["wrong_length"] = num_samples
+            report(counts)
+            got = f"{len(values)} values" if values is not None else f"a non-sequence {_describe(output)}"
+            if policy == "raise":
+                raise RewardFunctionError(
+                    f"Reward function {name!r} returned {got} for {num_samples} completions; "
+                    "it must return one value per completion."
+                )
+            return [None] * num_samples
+        rewards: list[float | None] = []
+        for index, value in enumerate(values):
+            number, kind = classify_reward_value(value)
+            if kind is not None:
+                counts[kind] += 1
+                if policy == "raise":
+                    report(counts)
+                    problem = "a non-finite value" if kind == "non_finite" else "a non-number"
+                    raise RewardFunctionError(
+                        f"Reward function {name!r} returned {problem} at sample index {index}: {_describe(value)}."
+                    )
+            rewards.append(number)
+        report(counts)
+        return rewards
+
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+
+        async def wrapper(prompts, completions, completion_ids=None, **kwargs):
+            try:
+                output = await fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+            except Exception as error:  # noqa: BLE001 - reported per policy, chained when raised
+                return on_exception(error, len(prompts))
+            return validate(output, len(prompts))
+
+    else:
+
+        def wrapper(prompts, completions, completion_ids=None, **kwargs):
+            try:
+                output = fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+            except Exception as error:  # noqa: BLE001 - reported per policy, chained when raised
+                return on_exception(error, len(prompts))
+            return validate(output, len(prompts))
+
+    wrapper.__name__ = name
+    wrapper.__qualname__ = name
+    wrapper.__doc__ = f"Reward function {name!r} checked by guard_reward_function (policy={policy!r})."
+    wrapper.bad_counts = dict.fromkeys(BAD_KINDS, 0)
+    wrapper.__wrapped__ = fn
+    return wrapper

@@ -1,0 +1,360 @@
+"""A learned reward model (sequence classifier) as a TRL reward function, isolated from Unsloth's patches.
+
+Score of a completion: ``s = logits[:, 0]`` of a sequence-classification model on prompt + completion,
+the logit TRL itself reads for model rewards (``GRPOTrainer._calculate_rewards``). **Higher is better**:
+GRPO maximizes it. Optionally z-scored per call or with running statistics. The model is isolated from
+Unsloth's patching of transformers by :mod:`grpo_custom.rewards.model_isolation`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+from grpo_custom.rewards.model_isolation import _unpatched_construction, isolate_from_unsloth
+from grpo_custom.rewards.tasks.moments import RunningMoments
+
+logger = logging.getLogger(__name__)
+
+NORMALIZE_EPS = 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading and checking
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _check_4bit_available() -> None:
+    """4-bit loading needs a CUDA GPU and bitsandbytes."""
+    if not torch.cuda.is_available():
+        raise ValueError(
+            "RewardModelReward: load_in_4bit=True needs a CUDA GPU (bitsandbytes 4-bit); none is available."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("RewardModelReward: load_in_4bit=True needs bitsandbytes (pip install bitsandbytes).")
+
+
+def _load_sequence_classifier(
+    path: str, device: torch.device, dtype: torch.dtype | None, load_in_4bit: bool
+) -> nn.Module:
+    """``AutoModelForSequenceClassification.from_pretrained`` without Unsloth classes; a checkpoint without
+    weights for its classification head (e.g. a causal LM) is an error instead of a random head."""
+    config = AutoConfig.from_pretrained(path)
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=dtype or torch.bfloat16
+        )
+        kwargs["device_map"] = {"": device}
+    if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        raise ValueError(
+            f"RewardModelReward: {path!r} is a {type(config).__name__} checkpoint, which has no "
+            "sequence-classification model class in transformers."
+        )
+    modeling_module = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)].__module__
+    with _unpatched_construction(modeling_module):
+        model, loading_info = AutoModelForSequenceClassification.from_pretrained(
+            path, output_loading_info=True, **kwargs
+        )
+    base_prefix = f"{model.base_model_prefix}."
+    head_missing = sorted(key for key in loading_info["missing_keys"] if not key.startswith(base_prefix))
+    if head_missing:
+        raise ValueError(
+            f"RewardModelReward: the checkpoint at {path!r} (architectures {getattr(config, 'architectures', None)}) "
+            f"has no weights for the classification head {head_missing} of {type(model).__name__}; it is not a "
+            "sequence-classification reward model (a causal LM checkpoint would get a random head)."
+        )
+    return model
+
+
+def _reject_other_transformers_heads(model: nn.Module) -> None:
+    """A transformers model is named after its head: anything but ``*ForSequenceClassification`` (a causal
+    LM, a bare base model, ...) has no classification head. Checked before the model is touched."""
+    class_name = type(model).__name__
+    if isinstance(model, PreTrainedModel) and not class_name.endswith("ForSequenceClassification"):
+        raise ValueError(
+            f"RewardModelReward: {class_name} has no sequence-classification head (its class name does not end "
+            "in 'ForSequenceClassification'); load the reward model with AutoModelForSequenceClassification "
+            "(score = logits[:, 0])."
+        )
+
+
+def _probe_classification_head(model: nn.Module, device: torch.device) -> None:
+    """A module not named ``*ForSequenceClassification`` (a custom module, a PEFT causal-LM wrapper) must
+    return ``logits`` of shape [1, num_labels] for one token."""
+    if type(model).__name__.endswith("ForSequenceClassification"):
+        return
+    probe_ids = torch.zeros((1, 1), dtype=torch.long, device=device)  # [1, 1], any valid token id
+    with torch.no_grad():
+        logits = getattr(model(input_ids=probe_ids, attention_mask=torch.ones_like(probe_ids)), "logits", None)
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0] == 1 and logits.shape[1] >= 1:
+        return
+    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
+    raise ValueError(
+        f"RewardModelReward: {type(model).__name__} has no sequence-classification head: for one sequence its "
+        f"output logits have shape {shape}, expected (1, num_labels)."
+    )
+
+
+def _check_padding(model: nn.Module, tokenizer: Any) -> None:
+    """Right padding needs a pad token, and the model must locate the last real token with the same id."""
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        raise ValueError("RewardModelReward: the reward tokenizer has no pad token; set tokenizer.pad_token.")
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        return
+    model_pad = config.get_text_config().pad_token_id
+    if model_pad != tokenizer.pad_token_id:
+        raise ValueError(
+            f"RewardModelReward: model.config.pad_token_id is {model_pad!r} but the tokenizer pads with "
+            f"{tokenizer.pad_token_id!r}; the classifier reads the last non-pad token, so they must agree."
+        )
+
+
+def _is_messages(value: Any) -> bool:
+    """A conversational turn list: a non-empty list of ``{"role", "content"}`` dicts."""
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(message, Mapping) and "role" in message and "content" in message for message in value)
+    )
+
+
+def _batch_z_score(scores: torch.Tensor) -> torch.Tensor:
+    """(s − mean) / (std + eps) over the call, Bessel std (0 for a single score)."""
+    std = scores.std() if scores.numel() > 1 else torch.zeros((), dtype=scores.dtype)
+    return (scores - scores.mean()) / (std + NORMALIZE_EPS)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The reward function
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class RewardModelReward:
+    """Reward s_i = logits[i, 0] of a sequence-classification reward model on prompt_i + completion_i.
+
+    Higher is better (the sign TRL uses for model rewards). Text per sample: for conversational data
+    (lists of ``{"role", "content"}``) the messages ``prompt + completion`` through the reward
+    tokenizer's chat template (``tokenize=False``), or ``"role: content"`` lines when it has none; for
+    plain data ``prompt + completion``. Tokenized without special tokens (as TRL does), truncated to
+    ``max_length`` on the tokenizer's ``truncation_side`` (count in :attr:`last_truncated` and a
+    warning), right-padded, scored in batches of ``batch_size`` under ``torch.no_grad()`` in eval mode.
+
+    Normalization: ``"batch"``: ŝ = (s − mean) / (std + 1e-4) over the call (Bessel std);
+    ``"running"``: ŝ = (s − μ) / (σ + 1e-4) with :class:`~grpo_custom.rewards.tasks.RunningMoments` over all
+    calls, updated with this call's scores first (state in :meth:`state_dict`). The model is isolated
+    from Unsloth's patching (see the module docstring).
+
+    Args:
+        model_or_path: a checkpoint path (loaded with ``AutoModelForSequenceClassification`` and
+            ``AutoTokenizer``) or a model instance (then ``tokenizer`` is required).
+        tokenizer: the reward model's tokenizer (overrides the checkpoint's).
+        batch_size: sequences per forward.
+        max_length: longest tokenized text kept.
+        device: where to score; default: a path loads onto CUDA if available else CPU, an instance
+            stays where it is.
+        torch_dtype: dtype to load a path in (``None``: the checkpoint's).
+        load_in_4bit: load a path in 4-bit with bitsandbytes (CUDA only).
+        normalize: ``None``, ``"batch"`` or ``"running"``.
+        offload_to_cpu: keep the model on CPU between calls (moved to ``device`` only to score), so it
+            holds no GPU memory during the policy update.
+        name: ``__name__`` (TRL's metric name); default ``"reward_model"``.
+    """
+
+    NORMALIZE_MODES = (None, "batch", "running")
+
+    def __init__(
+        self,
+        model_or_path: str | os.PathLike | nn.Module,
+        tokenizer: Any = None,
+        *,
+        batch_size: int = 8,
+        max_length: int = 1024,
+        device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | None = None,
+        load_in_4bit: bool = False,
+        normalize: str | None = None,
+        offload_to_cpu: bool = False,
+        name: str | None = None,
+    ):
+        for option, value in (("batch_size", batch_size), ("max_length", max_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"RewardModelReward: {option} must be a positive int, got {value!r}.")
+        if normalize not in self.NORMALIZE_MODES:
+            raise ValueError(
+                f"RewardModelReward: normalize must be one of {list(self.NORMALIZE_MODES)}, got {normalize!r}."
+            )
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"RewardModelReward: name must be a non-empty string, got {name!r}.")
+        if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+            raise TypeError(f"RewardModelReward: torch_dtype must be a torch.dtype, got {torch_dtype!r}.")
+        if load_in_4bit and offload_to_cpu:
+            raise ValueError(
+                "RewardModelReward: offload_to_cpu cannot move a 4-bit (bitsandbytes) model; use one or the other."
+            )
+
+        if isinstance(model_or_path, (str, os.PathLike)):
+            if load_in_4bit:
+                _check_4bit_available()
+            path = os.fspath(model_or_path)
+            self.device = torch.device(
+                device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+            )
+            model = _load_sequence_classifier(path, self.device, torch_dtype, load_in_4bit)
+            tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+        elif isinstance(model_or_path, nn.Module):
+            if tokenizer is None:
+                raise ValueError(
+                    f"RewardModelReward: a model instance ({type(model_or_path).__name__}) needs its tokenizer; "
+                    "pass tokenizer=..."
+                )
+            if load_in_4bit or torch_dtype is not None:
+                raise ValueError(
+                    "RewardModelReward: load_in_4bit and torch_dtype apply when loading from a path; "
+                    "quantize or cast a model instance yourself."
+                )
+            model = model_or_path
+            first_parameter = next(model.parameters(), None)
+            default_device = first_parameter.device if first_parameter is not None else torch.device("cpu")
+            self.device = torch.device(device) if device is not None else default_device
+        else:
+            raise TypeError(
+                "RewardModelReward: model_or_path must be a checkpoint path or a torch.nn.Module, "
+                f"got {type(model_or_path).__name__}."
+            )
+
+        _reject_other_transformers_heads(model)
+        _check_padding(model, tokenizer)
+        if not load_in_4bit:
+            model.to(self.device)
+        self.model = isolate_from_unsloth(model).eval()
+        _probe_classification_head(self.model, self.device)
+        if offload_to_cpu:
+            self.model.to("cpu")
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.normalize = normalize
+        self.offload_to_cpu = offload_to_cpu
+        self.moments = RunningMoments() if normalize == "running" else None
+        self.last_truncated = 0
+        self.__name__ = name or "reward_model"
+        self._forward_kwargs = {"use_cache": False} if isinstance(model, PreTrainedModel) else {}
+
+    def texts(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[str]:
+        """The text scored for each (prompt, completion) pair (see the class docstring)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{self.__name__}: got {len(prompts)} prompts for {len(completions)} completions.")
+        texts = []
+        for index, (prompt, completion) in enumerate(zip(prompts, completions)):
+            if _is_messages(prompt) and _is_messages(completion):
+                messages = [dict(message) for message in prompt] + [dict(message) for message in completion]
+                if getattr(self.tokenizer, "chat_template", None):
+                    texts.append(self.tokenizer.apply_chat_template(messages, tokenize=False))
+                else:
+                    texts.append("\n".join(f"{message['role']}: {message['content']}" for message in messages))
+            elif isinstance(prompt, str) and isinstance(completion, str):
+                texts.append(prompt + completion)
+            else:
+                raise TypeError(
+                    f"{self.__name__}: sample {index} has a {type(prompt).__name__} prompt and a "
+                    f"{type(completion).__name__} completion; both must be strings or both lists of "
+                    "{'role', 'content'} messages."
+                )
+        return texts
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Tokenize without special tokens, truncate to ``max_length``; sets :attr:`last_truncated`."""
+        token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        keep_end = getattr(self.tokenizer, "truncation_side", "right") == "left"
+        truncated = 0
+        for index, ids in enumerate(token_ids):
+            if len(ids) > self.max_length:
+                truncated += 1
+                token_ids[index] = ids[-self.max_length :] if keep_end else ids[: self.max_length]
+        self.last_truncated = truncated
+        if truncated:
+            logger.warning(
+                "%s: truncated %d of %d texts to max_length=%d tokens.",
+                self.__name__,
+                truncated,
+                len(texts),
+                self.max_length,
+            )
+        return token_ids
+
+    def score_texts(self, texts: list[str]) -> torch.Tensor:
+        """Raw scores ``logits[:, 0]`` for ready-made texts, float64 on CPU, [len(texts)]."""
+        token_ids = self._token_ids(list(texts))
+        order = sorted(range(len(token_ids)), key=lambda index: -len(token_ids[index]))  # less padding per batch
+        scores = torch.empty(len(token_ids), dtype=torch.float64)
+        pad_id = self.tokenizer.pad_token_id
+        if self.offload_to_cpu:
+            self.model.to(self.device)
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                for start in range(0, len(order), self.batch_size):
+                    batch = order[start : start + self.batch_size]
+                    width = max(len(token_ids[index]) for index in batch)
+                    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [B, T]
+                    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
+                    for row, index in enumerate(batch):
+                        input_ids[row, : len(token_ids[index])] = torch.tensor(token_ids[index], dtype=torch.long)
+                        attention_mask[row, : len(token_ids[index])] = 1
+                    outputs = self.model(
+                        input_ids=input_ids.to(self.device),
+                        attention_mask=attention_mask.to(self.device),
+                        **self._forward_kwargs,
+                    )
+                    logits = getattr(outputs, "logits", None)
+                    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != len(batch):
+                        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
+                        raise ValueError(
+                            f"{self.__name__}: {type(self.model).__name__} returned logits of shape {shape} for "
+                            f"{len(batch)} sequences; expected ({len(batch)}, num_labels)."
+                        )
+                    scores[batch] = logits[:, 0].to(device="cpu", dtype=torch.float64)
+        finally:
+            if self.offload_to_cpu:
+                self.model.to("cpu")
+        return scores
+
+    def __call__(
+        self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any
+    ) -> list[float]:
+        """TRL reward function: one (optionally normalized) score per completion."""
+        scores = self.score_texts(self.texts(prompts, completions))  # [N]
+        if self.normalize == "batch":
+            scores = _batch_z_score(scores)
+        elif self.normalize == "running":
+            self.moments.update(scores)
+            scores = (scores - self.moments.mean) / (self.moments.std + NORMALIZE_EPS)
+        return scores.tolist()
+
+    def state_dict(self) -> dict:
+        """JSON-serializable state: the normalize mode and running statistics (``None`` unless ``"running"``)."""
+        return {"normalize": self.normalize, "moments": None if self.moments is None else self.moments.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; the normalize mode must match."""
+        if state.get("normalize") != self.normalize:
+            raise ValueError(
+                f"{self.__name__}.load_state_dict: state has normalize={state.get('normalize')!r}, this reward "
+                f"normalize={self.normalize!r}."
+            )
+        if self.moments is not None:
+            self.moments.load_state_dict(state["moments"])

@@ -1,0 +1,1 @@
+"""Generic helpers below every layer: the package version and loading a file as a module."""

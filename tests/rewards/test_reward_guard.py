@@ -1,0 +1,178 @@
+"""Tests of grpo_custom.rewards.guard: every bad reward output under both policies."""
+import asyncio
+import inspect
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from grpo_custom.rewards.guard import (
+    BAD_KINDS,
+    BadRewardWarning,
+    RewardFunctionError,
+    classify_reward_value,
+    guard_reward_function,
+)
+
+PROMPTS = ["p0", "p1", "p2", "p3"]
+COMPLETIONS = ["a", "bb", "ccc", "dddd"]
+
+
+def returning(values):
+    """A reward function that returns ``values`` whatever it is given."""
+
+    def reward(prompts, completions, **kwargs):
+        return values
+
+    return reward
+
+
+def raising(prompts, completions, **kwargs):
+    raise KeyError("solution")
+
+
+# (case id, reward function, bad indices, kind, text the "raise" message must contain)
+BAD_CASES = [
+    ("nan", returning([1.0, math.nan, 0.5, 0.0]), [1], "non_finite", "index 1: float nan"),
+    ("plus_inf", returning([1.0, 2.0, 3.0, math.inf]), [3], "non_finite", "index 3: float inf"),
+    ("minus_inf", returning([-math.inf, 2.0, -math.inf, 0.0]), [0, 2], "non_finite", "index 0: float -inf"),
+    ("string", returning([1.0, 2.0, "0.5", 0.0]), [2], "non_number", "index 2: str '0.5'"),
+    ("list", returning([[1.0], 2.0, 3.0, 0.0]), [0], "non_number", "index 0: list [1.0]"),
+    ("tensor_1d", returning([1.0, torch.ones(2), 3.0, 0.0]), [1], "non_number", "index 1: Tensor of shape (2,)"),
+    ("nan_tensor", returning([1.0, 2.0, torch.tensor(float("nan")), 0.0]), [2], "non_finite", "index 2: Tensor"),
+]
+
+
+@pytest.mark.parametrize("case, fn, bad_indices, kind, message", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_raise_policy_names_function_index_and_value(case, fn, bad_indices, kind, message):
+    guarded = guard_reward_function(fn, "my_reward", policy="raise")
+    with pytest.raises(RewardFunctionError) as error:
+        guarded(prompts=PROMPTS, completions=COMPLETIONS)
+    assert "'my_reward'" in str(error.value)
+    assert message in str(error.value)
+    assert isinstance(error.value, ValueError)
+    assert guarded.bad_counts[kind] == 1  # the first bad value stops the call
+
+
+@pytest.mark.parametrize("case, fn, bad_indices, kind, message", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_nan_policy_sets_exactly_the_bad_indices_to_none(case, fn, bad_indices, kind, message):
+    reports = []
+    guarded = guard_reward_function(
+        fn, "my_reward", policy="nan", on_bad=lambda name, counts: reports.append((name, counts))
+    )
+    with pytest.warns(BadRewardWarning, match=rf"'my_reward': {len(bad_indices)} reward\(s\) set to None \({kind}="):
+        rewards = guarded(prompts=PROMPTS, completions=COMPLETIONS)
+    assert [i for i, r in enumerate(rewards) if r is None] == bad_indices
+    good = [float(v) for i, v in enumerate(fn(PROMPTS, COMPLETIONS)) if i not in bad_indices]
+    assert [r for r in rewards if r is not None] == good
+    expected_counts = {k: (len(bad_indices) if k == kind else 0) for k in BAD_KINDS}
+    assert reports == [("my_reward", expected_counts)]
+    assert guarded.bad_counts == expected_counts
+
+
+def test_exception_raise_policy_chains_the_original_error():
+    guarded = guard_reward_function(raising, "needs_solution", policy="raise")
+    with pytest.raises(RewardFunctionError, match=r"'needs_solution' raised KeyError: 'solution'") as error:
+        guarded(prompts=PROMPTS, completions=COMPLETIONS)
+    assert isinstance(error.value.__cause__, KeyError)
+    assert guarded.bad_counts["exception"] == 4
+
+
+def test_exception_nan_policy_makes_whole_batch_none():
+    reports = []
+    guarded = guard_reward_function(raising, "needs_solution", policy="nan", on_bad=lambda n, c: reports.append(c))
+    with pytest.warns(BadRewardWarning, match="4 reward"):
+        assert guarded(prompts=PROMPTS, completions=COMPLETIONS) == [None] * 4
+    assert reports == [{"exception": 4, "wrong_length": 0, "non_number": 0, "non_finite": 0}]
+
+
+@pytest.mark.parametrize("output, described", [([1.0, 2.0, 3.0], "3 values"), (1.0, "a non-sequence float 1.0")])
+def test_wrong_length_under_both_policies(output, described):
+    with pytest.raises(RewardFunctionError, match=rf"'short' returned {described} for 4 completions"):
+        guard_reward_function(returning(output), "short")(prompts=PROMPTS, completions=COMPLETIONS)
+    guarded = guard_reward_function(returning(output), "short", policy="nan")
+    with pytest.warns(BadRewardWarning, match="wrong_length=4"):
+        assert guarded(prompts=PROMPTS, completions=COMPLETIONS) == [None] * 4
+    assert guarded.bad_counts == {"exception": 0, "wrong_length": 4, "non_number": 0, "non_finite": 0}
+
+
+def test_good_values_are_converted_to_float_and_none_is_kept(recwarn):
+    values = [True, np.float32(0.25), torch.tensor(-2.0), None]
+    guarded = guard_reward_function(returning(values), "mixed", policy="nan")
+    rewards = guarded(prompts=PROMPTS, completions=COMPLETIONS)
+    assert rewards == [1.0, 0.25, -2.0, None]
+    assert all(type(r) is float for r in rewards[:3])
+    assert not [w for w in recwarn if issubclass(w.category, BadRewardWarning)]
+    assert guarded.bad_counts == dict.fromkeys(BAD_KINDS, 0)
+
+
+def test_counts_accumulate_over_calls():
+    guarded = guard_reward_function(returning([math.nan, math.nan, 1.0, "x"]), "acc", policy="nan")
+    with pytest.warns(BadRewardWarning):
+        guarded(prompts=PROMPTS, completions=COMPLETIONS)
+        guarded(prompts=PROMPTS, completions=COMPLETIONS)
+    assert guarded.bad_counts == {"exception": 0, "wrong_length": 0, "non_number": 2, "non_finite": 4}
+
+
+def test_name_is_preserved_and_kwargs_are_forwarded():
+    seen = {}
+
+    def original(prompts, completions, completion_ids=None, **kwargs):
+        seen.update(kwargs, completion_ids=completion_ids)
+        return [0.0] * len(prompts)
+
+    guarded = guard_reward_function(original, "renamed")
+    assert guarded.__name__ == "renamed"
+    guarded(prompts=PROMPTS, completions=COMPLETIONS, completion_ids=[[1]] * 4, solution=["1"] * 4, step=3)
+    assert seen == {"completion_ids": [[1]] * 4, "solution": ["1"] * 4, "step": 3}
+
+
+def test_async_function_stays_async_and_is_validated():
+    async def judge(prompts, completions, **kwargs):
+        await asyncio.sleep(0)
+        return [0.5, math.inf, 1, None]
+
+    guarded = guard_reward_function(judge, "judge", policy="nan")
+    assert inspect.iscoroutinefunction(guarded)
+    assert guarded.__name__ == "judge"
+    with pytest.warns(BadRewardWarning, match="non_finite=1"):
+        assert asyncio.run(guarded(prompts=PROMPTS, completions=COMPLETIONS)) == [0.5, None, 1.0, None]
+    strict = guard_reward_function(judge, "judge", policy="raise")
+    with pytest.raises(RewardFunctionError, match="index 1: float inf"):
+        asyncio.run(strict(prompts=PROMPTS, completions=COMPLETIONS))
+
+
+def test_async_exception_is_chained():
+    async def broken(prompts, completions, **kwargs):
+        raise TimeoutError("judge down")
+
+    with pytest.raises(RewardFunctionError, match="'broken' raised TimeoutError: judge down") as error:
+        asyncio.run(guard_reward_function(broken, "broken")(prompts=PROMPTS, completions=COMPLETIONS))
+    assert isinstance(error.value.__cause__, TimeoutError)
+
+
+def test_unknown_policy_lists_valid_ones():
+    with pytest.raises(ValueError, match="'zero'.*raise, nan"):
+        guard_reward_function(raising, "r", policy="zero")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, (None, None)),
+        (3, (3.0, None)),
+        (False, (0.0, None)),
+        (np.int64(7), (7.0, None)),
+        (np.bool_(True), (1.0, None)),
+        (np.array(0.5), (0.5, None)),
+        (torch.tensor(2), (2.0, None)),
+        (np.float64("nan"), (None, "non_finite")),
+        (np.array([1.0]), (None, "non_number")),
+        (torch.tensor([1.0]), (None, "non_number")),
+        (1j, (None, "non_number")),
+        ("1", (None, "non_number")),
+    ],
+)
+def test_classify_reward_value(value, expected):
+    assert classify_reward_value(value) == expected

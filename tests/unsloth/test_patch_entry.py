@@ -1,0 +1,51 @@
+"""The documented entry, ``import grpo_custom; grpo_custom.patch_unsloth()``: the fast import order for Unsloth,
+and on a CPU without Unsloth's spoof a clear error naming the variables that help (each in a fresh interpreter)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unsloth
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = """
+import sys, warnings
+warnings.simplefilter("always")
+import grpo_custom
+print("HEAVY_BEFORE_PATCH", sorted(m for m in ("trl", "transformers", "peft") if m in sys.modules))
+try:
+    grpo_custom.patch_unsloth()
+    print("PATCHED")
+except grpo_custom.UnslothPatchError as error:
+    print("PATCH_ERROR", error)
+"""
+
+
+def _entry(tmp_path, **env_overrides) -> str:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNSLOTH_")}, "PYTHONPATH": str(ROOT),
+           "GRPO_CUSTOM_CACHE_DIR": str(tmp_path / "fork"), "UNSLOTH_COMPILE_LOCATION": str(tmp_path / "compiled"),
+           "HF_HUB_OFFLINE": "1", **env_overrides}
+    completed = subprocess.run([sys.executable, "-c", ENTRY], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return completed.stdout + completed.stderr
+
+
+def test_import_grpo_custom_then_patch_is_the_order_unsloth_wants(tmp_path):
+    output = _entry(tmp_path, UNSLOTH_ALLOW_CPU="1", UNSLOTH_COMPILE_DISABLE="1", TORCHDYNAMO_DISABLE="1")
+    assert "HEAVY_BEFORE_PATCH []" in output  # importing grpo_custom loads none of trl, transformers, peft
+    assert "PATCHED" in output
+    assert "should be imported before" not in output, output[-3000:]  # Unsloth's import-order warning
+
+
+def test_patch_on_a_cpu_without_the_spoof_says_which_variables_help(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: Unsloth imports")
+    output = _entry(tmp_path)
+    assert "PATCH_ERROR" in output and "needs a CUDA GPU" in output
+    assert "UNSLOTH_ALLOW_CPU=1" in output and "UNSLOTH_COMPILE_DISABLE=1" in output

@@ -1,0 +1,199 @@
+"""grpo-custom inside Unsloth's generated trainer, on CPU (UNSLOTH_ALLOW_CPU=1, GUIDE §2).
+
+Each scenario of tests/unsloth_scenarios.py runs in a fresh interpreter; these tests assert on what
+it reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import grpo_custom
+
+pytestmark = pytest.mark.unsloth
+ROOT = Path(__file__).resolve().parents[2]
+_cache: dict[str, dict] = {}
+# Unsloth's padded mini-batch loop, and its defaults on a GPU: sequence packing + prefix grouper
+LOSS_LAYOUTS = pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+
+
+def run_scenario(name: str, tmp_path_factory, *, compile_loss: bool = False, packing: bool = False) -> dict:
+    """Run one scenario in a subprocess with Unsloth's CPU spoof; cached per session.
+
+    ``packing`` turns on Unsloth's sequence packing and prefix grouper (its defaults, which it engages on
+    CPU too); otherwise its padded loop runs.
+    """
+    key = f"{name}/packed" if packing else name
+    if key in _cache:
+        return _cache[key]
+    work = tmp_path_factory.mktemp(f"unsloth_{name}{'_packed' if packing else ''}")
+    env = {
+        **os.environ,
+        "UNSLOTH_ALLOW_CPU": "1",
+        "UNSLOTH_COMPILE_DISABLE": "1",
+        "UNSLOTH_COMPILE_LOCATION": str(work / "compiled"),
+        "UNSLOTH_GRPO_SEQ_PACKING": "1" if packing else "0",
+        "UNSLOTH_GRPO_PREFIX_GROUPER": "1" if packing else "0",
+        "GRPO_CUSTOM_CACHE_DIR": str(work / "fork_cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    if not compile_loss:
+        env["TORCHDYNAMO_DISABLE"] = "1"  # torch.compile off: same math, much faster on CPU
+    out = work / "result.json"
+    completed = subprocess.run([sys.executable, "-m", "tests.unsloth_scenarios", name, str(out)], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=900)
+    if completed.returncode != 0:
+        pytest.fail(f"scenario {name} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}")
+    _cache[key] = json.loads(out.read_text())
+    return _cache[key]
+
+
+def test_unsloth_first_generates_fork_with_hooks_and_only_our_changes(tmp_path_factory):
+    result = run_scenario("unsloth_first", tmp_path_factory)
+    assert result["trainer_class"] == "UnslothGRPOTrainer"
+    assert all(result["hooks"].values()), result["hooks"]
+    assert result["trl_names_are_fork"] and result["grpo_custom_names_are_fork"] and result["idempotent"]
+    assert all(result["zoo_functions_wrapped"])  # entropy weights, entropy bonus, entropy log-softmax
+    # Unsloth rewrote the fork exactly as it rewrites stock TRL: the generated files differ only by our edits,
+    # our config fields, the import list and TRL's class docstring (which Unsloth drops only from the stock class)
+    import trl
+
+    from grpo_custom.fork.config import GRPO_CUSTOM_FIELDS
+    from grpo_custom.patches import GRPO_TRAINER_EDITS
+
+    edit_lines = {line.strip() for edit in GRPO_TRAINER_EDITS for line in edit.replacement.splitlines()}
+    docstring_lines = {line.strip() for line in (trl.GRPOTrainer.__doc__ or "").splitlines()}
+    for line in result["diff"]["removed"]:
+        assert line.startswith("from trl.trainer.grpo_trainer import") or line.strip() in {
+            '""""""', "if self.beta == 0.0:", "if self.beta != 0.0:",
+            "vllm_importance_sampling_cap = vllm_importance_sampling_cap,**kwargs)"}, line
+    for line in result["diff"]["added"]:
+        stripped = line.strip()
+        assert (not stripped or stripped in edit_lines or stripped in docstring_lines or stripped == '"""'
+                or line.startswith("from trl.trainer.grpo_trainer import")
+                or any(name in stripped for name in (*GRPO_CUSTOM_FIELDS, "vllm_importance_sampling_cap"))), line
+    added = "\n".join(result["diff"]["added"])
+    for hook in result["hooks"]:
+        assert f"grpo_custom_hooks.{hook}(" in added
+
+
+@LOSS_LAYOUTS
+def test_fork_with_default_settings_equals_stock_unsloth(tmp_path_factory, packing):
+    result = run_scenario("unsloth_first", tmp_path_factory, packing=packing)
+    assert len(result["stock_losses"]) == 3
+    assert result["fork_losses"] == result["stock_losses"]
+    assert result["fork_grad_norms"] == result["stock_grad_norms"]
+    assert result["weights_equal"]
+    assert result["fork_trainable_changed"] > 0 and result["fork_frozen_changed"] == 0
+    assert result["fork_logged_advantages"]
+
+
+def test_revert_restores_stock_unsloth_and_patch_can_be_reapplied(tmp_path_factory):
+    result = run_scenario("unsloth_first", tmp_path_factory)
+    assert all(result["revert"].values()), result["revert"]
+    assert result["repatch_after_revert"]
+
+
+def test_grpo_custom_imported_first(tmp_path_factory):
+    result = run_scenario("grpo_custom_first", tmp_path_factory)
+    assert result["unsloth_imported"] and result["trl_name_is_fork"] and result["grpo_custom_name_is_fork"]
+    assert all(result["hooks"].values()) and result["doctor_active"]
+    assert result["trainable_changed"] > 0 and result["frozen_changed"] == 0
+    assert result["reverted_to_stock_trl"]
+
+
+def test_broken_patches_raise_by_name_and_leave_nothing_patched(tmp_path_factory):
+    result = run_scenario("broken", tmp_path_factory)
+    assert "unsloth 2026.10.7 (tested: 2099.1.1)" in result["version_error"]
+    assert "GRPO_CUSTOM_ALLOW_UNTESTED_VERSIONS=1" in result["version_error"]
+    assert result["version_override_warned"]
+    assert "hook_that_does_not_exist" in result["dropped_hook_error"]
+    assert "grpo_accumulated_loss(" in result["lost_fast_loss_error"]
+    assert all(result["after_dropped_hook"].values()) and all(result["after_lost_fast_loss"].values())
+    assert "entropy_log_softmax_of_a_future_unsloth" in result["moved_entropy_import_error"]
+    assert "one-pass entropy kernel" in result["moved_entropy_import_error"]
+    assert all(result["after_moved_entropy_import"].values())
+
+
+@pytest.mark.slow
+@LOSS_LAYOUTS
+def test_every_estimator_and_regularizer_trains_inside_the_compiled_fast_loss(tmp_path_factory, packing):
+    runs = dict(run_scenario("train_registry", tmp_path_factory, compile_loss=True, packing=packing))
+    runs.pop("recompiles")
+    expected = set(grpo_custom.list_advantage_estimators()) | set(grpo_custom.list_regularizers()) | {"kl_reward"}
+    assert set(runs) == expected
+    for name, run in runs.items():
+        assert run["trainable_changed"] > 0, name
+        assert run["frozen_changed"] == 0, name
+        assert run["finite_losses"], name
+        assert run["schedule_weights"] == [0.0, 0.5], (name, run["schedule_weights"])
+    for name in grpo_custom.list_regularizers():
+        prefix = "regularizers/kl" if name == "kl" else f"regularizers/{name}"
+        assert {f"{prefix}/coef", f"{prefix}/value"} <= set(runs[name]["metric_keys"]), (name, runs[name]["metric_keys"])
+    assert "regularizers/kl/loss" in runs["kl"]["metric_keys"]
+    assert runs["kl"]["kl_coef"] == pytest.approx([0.05, 0.075])  # Schedule.linear(0.05, 0.1, 0, 2) at steps 0, 1
+
+
+def test_regularizer_gradients_inside_fast_loss_equal_full_logits_reference(tmp_path_factory):
+    errors = run_scenario("gradients", tmp_path_factory)
+    assert len(errors) == 4 * 10
+    assert {key.split('/')[1] for key in errors} >= {"entropy", "entropy_one_pass"}
+    for key, relative_error in errors.items():
+        assert relative_error < 1e-5, (key, relative_error)
+
+
+def test_honest_config_reports_unsloth_rewrites_and_rejects_ignored_options(tmp_path_factory):
+    result = run_scenario("honest_config", tmp_path_factory)
+    assert "mask_truncated_completions" in result["differences"]
+    assert result["differences"]["mask_truncated_completions"] == ["False", "True"]
+    assert result["trainer"]["advantage_estimator"] == "'grpo'"
+    assert "use_adaptive_entropy=True is ignored by Unsloth" in result["adaptive_entropy_error"]
+
+
+@pytest.mark.slow
+def test_scheduled_coefficient_does_not_recompile_the_fast_loss(tmp_path_factory):
+    result = run_scenario("train_registry", tmp_path_factory, compile_loss=True)["recompiles"]
+    coefs = [c for c in result["coefs"] if c is not None]
+    assert len(set(coefs)) == 5  # the coefficient changed at every step
+    graphs = result["graphs_after_each_step"]
+    assert graphs[0] > 0, "the chunk loss was not compiled"
+    assert graphs[-1] == graphs[1], graphs  # no new graph after the first steps, although the coefficient moved
+
+
+@LOSS_LAYOUTS
+def test_entropy_kernel_option_picks_the_kernel_and_both_give_the_same_gradients(tmp_path_factory, packing):
+    result = run_scenario("entropy_kernels", tmp_path_factory, packing=packing)
+    # keep_log_probs / auto (one 4-row mini-batch, or the packed call: Unsloth's log-prob path keeps its logits)
+    # run the one-pass kernel for every entropy call; recompute runs Unsloth's recomputing kernel for all of them
+    for name in ("keep_log_probs", "auto", "trl_entropy_coef_only"):
+        calls = result[name]["calls"]
+        assert calls["entropy_calls"] > 0 and calls["one_pass"] == calls["entropy_calls"], (name, calls)
+        # the packed path scores all completions as one row; the padded loop as one 4-row mini-batch
+        assert set(calls["rows"]) == ({1} if packing else {4}), (name, calls["rows"])
+    assert result["recompute"]["calls"]["entropy_calls"] > 0 and result["recompute"]["calls"]["one_pass"] == 0
+    assert result["no_entropy"]["calls"] == {"one_pass": 0, "entropy_calls": 0, "rows": []}
+    assert result["trl_entropy_coef_only"]["gradient_difference_vs_no_entropy"] > 1e-3
+    for name in ("keep_log_probs", "recompute", "auto", "trl_entropy_coef_only", "no_entropy"):
+        assert result[name]["trainable_changed"] > 0 and result[name]["frozen_changed"] == 0, name
+    assert result["gradient_tensors"] > 0 and result["gradient_scale"] > 0
+    for name in ("keep_log_probs", "auto"):
+        assert result[name]["gradient_relative_error"] < 1e-4, (name, result[name]["gradient_relative_error"])
+        assert result[name]["loss"] == pytest.approx(result["recompute"]["loss"], rel=1e-5, abs=1e-7)
+        assert result[name]["entropy_metric"] == pytest.approx(result["recompute"]["entropy_metric"], rel=1e-5)
+
+
+def test_scenario_runner_starts_after_every_scenario_is_registered():
+    """``python -m tests.unsloth_scenarios NAME`` runs main() where the module's last statement stands:
+    a scenario defined below it (as gpu_4bit once was) would be unknown to the runner."""
+    import ast
+
+    tree = ast.parse((ROOT / "tests" / "unsloth_scenarios.py").read_text())
+    last = tree.body[-1]
+    assert isinstance(last, ast.If) and "__main__" in ast.unparse(last.test), ast.unparse(last)[:200]
