@@ -58,6 +58,9 @@ MEMORY_TARGET = 1.1  # entropy peak memory / base
 TIME_TARGET = 1.3  # entropy median time / base
 NAIVE_TARGET = 4.0  # naive entropy peak memory / entropy, at the largest vocabulary
 NAIVE_TARGET_VOCAB = 151936
+POLICY_TIME_TARGET = 1.05  # each policy loss (grpo-custom's term beside Unsloth's) median time / base (ppo_clip)
+POLICY_MEMORY_TARGET = 1.01  # ... peak memory / base
+POLICY_PAIRED_REPEATS = {"smoke": 3, "cpu": 15, "cuda": 20}
 RESULTS_DIR = Path(__file__).resolve().parent
 MIB = 1024.0 * 1024.0
 
@@ -228,16 +231,19 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
     import torch
     import unsloth_zoo.rl_replacements as zoo
 
-    from grpo_custom.algorithms.loss_aggregation import token_weights_like_unsloth
     from grpo_custom.algorithms.regularizers import RegularizerSpec
+    from grpo_custom.unsloth.decisions import token_weights
     from grpo_custom.unsloth.entropy_kernel import chunked_logps_and_entropies
     from grpo_custom.unsloth.loss_terms import TERMS_KEY
 
+    compute_loss = getattr(module.grpo_compute_loss, "grpo_custom_original", module.grpo_compute_loss)
+    fused = unsloth_has_fused_linear()
+    unfused = {"fused_linear": False} if fused else {}
     kl_k3 = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "coef": KL_COEF})
     kl_k3_k2_grad = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "grad_kind": "k2", "coef": KL_COEF})
 
-    def fast_loss(problem: LossProblem, logps, terms):
-        kwargs = {**problem.loss_kwargs, TERMS_KEY: terms}
+    def fast_loss(problem: LossProblem, logps, terms, extra=None):
+        kwargs = {**problem.loss_kwargs, TERMS_KEY: terms, **(extra or {})}
         return module.UnslothEfficientGRPO.apply(
             logps, None, problem.ref_logps, None, problem.lm_head, problem.ids, problem.mask, problem.advantages,
             0.0, None, 1, kwargs, None)[0]
@@ -248,7 +254,7 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
 
     def entropy_weights(problem: LossProblem):
         # the entropy regularizer's term is -H: Σ w·H with w = -coef · loss-type weights
-        return -ENTROPY_COEF * token_weights_like_unsloth(problem.mask, problem.loss_kwargs)  # [B, T]
+        return -ENTROPY_COEF * token_weights(compute_loss, problem.ids, problem.mask, problem.loss_kwargs)  # [B, T]
 
     def base(problem):
         return fast_loss(problem, chunked_logps(problem), [])
@@ -261,8 +267,20 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
 
     def base_recompute(problem):
         logps = zoo.chunked_hidden_states_selective_log_softmax_recompute(
-            problem.hidden, problem.lm_head, problem.ids, chunks=problem.chunks)  # [B, T]
+            problem.hidden, problem.lm_head, problem.ids, chunks=problem.chunks, **unfused)  # [B, T]
         return fast_loss(problem, logps, [])
+
+    def base_chunked_scorer(problem):
+        logps = module.chunked_hidden_states_selective_log_softmax(problem.hidden, problem.lm_head, problem.ids,
+                                                                   problem.chunks, fused_linear=False)  # [B, T]
+        return fast_loss(problem, logps, [])
+
+    def with_entropy_fused(problem):
+        logps, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
+            problem.hidden, problem.lm_head, problem.ids, chunks=problem.chunks, return_entropy=True,
+            fused_linear=True)  # [B, T] each
+        bonus = zoo.UnslothGRPOEntropyBonus.apply(entropies, entropy_weights(problem), 1.0)
+        return fast_loss(problem, logps, []) + bonus
 
     def with_entropy(problem):
         logps, entropies = chunked_logps_and_entropies(problem.hidden, problem.lm_head, problem.ids,
@@ -273,7 +291,8 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
     def with_entropy_recompute(problem):
         # outside a trainer's loss call the patched binding runs Unsloth's own kernel
         logps, entropies = zoo.chunked_hidden_states_selective_log_softmax_recompute(
-            problem.hidden, problem.lm_head, problem.ids, chunks=problem.chunks, return_entropy=True)  # [B, T] each
+            problem.hidden, problem.lm_head, problem.ids, chunks=problem.chunks, return_entropy=True,
+            **unfused)  # [B, T] each
         bonus = zoo.UnslothGRPOEntropyBonus.apply(entropies, entropy_weights(problem), 1.0)
         return fast_loss(problem, logps, []) + bonus
 
@@ -284,7 +303,7 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
         logps = log_probs.gather(-1, problem.ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
         return fast_loss(problem, logps, []) + (entropies * entropy_weights(problem)).sum()
 
-    return {
+    variants = {
         "base": base,
         "kl k3": with_kl_k3,
         "kl k3 (k2 grad)": with_kl_k3_k2_grad,
@@ -293,6 +312,73 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
         "base (recompute logps)": base_recompute,
         "naive entropy": naive_entropy,
     }
+    if fused:  # unsloth_zoo >= 2026.10.9: its fused-linear kernel scores by default; the chunked scorer on request
+        variants["entropy (Unsloth fused-linear)"] = with_entropy_fused
+        variants["base (chunked scorer, keeps logits)"] = base_chunked_scorer
+    variants.update(policy_variants(module, fast_loss, chunked_logps))
+    return variants
+
+
+def unsloth_has_fused_linear() -> bool:
+    """Whether the installed unsloth_zoo scores with its fused-linear kernel (its recompute function takes ``fused_linear``)."""
+    import inspect
+
+    import unsloth_zoo.rl_replacements as zoo
+
+    function = zoo.chunked_hidden_states_selective_log_softmax_recompute
+    return "fused_linear" in inspect.signature(getattr(function, "grpo_custom_original", function)).parameters
+
+
+SCORER_LINE = {True: "- Unsloth's scorer: fused-linear kernel (unsloth_zoo >= 2026.10.9; its entropy is the "
+                     "`entropy (Unsloth fused-linear)` rows)",
+               False: "- Unsloth's scorer: chunked log-softmax (keeps chunk logits; no fused-linear kernel installed)"}
+ENTROPY_VARIANTS = ("entropy", "entropy (recompute)", "entropy (Unsloth fused-linear)")
+
+
+def gradient_errors(variants: dict, problem: LossProblem) -> dict:
+    """max |∂L/∂h − reference| / max |reference| of each entropy variant, the naive full-logits entropy as reference."""
+    def gradient(loss_fn):
+        problem.hidden.grad = None
+        loss_fn(problem).backward()
+        grad, problem.hidden.grad = problem.hidden.grad.float(), None
+        return grad
+
+    reference = gradient(variants["naive entropy"])
+    return {name: float((gradient(variants[name]) - reference).abs().max() / reference.abs().max())
+            for name in ENTROPY_VARIANTS if name in variants}
+
+
+def gradient_error_lines(errors: dict) -> list[str]:
+    """Markdown table of :func:`gradient_errors` per vocabulary (empty without errors)."""
+    if not errors:
+        return []
+    lines = ["", "Entropy gradient agreement, ∂L/∂hidden vs the naive full-logits entropy (max abs error / max abs):",
+             "", "| vocab | variant | ∂h rel. err |", "|---:|---|---:|"]
+    for vocab, by_variant in errors.items():
+        lines += [f"| {vocab} | {name} | {error:.1e} |" for name, error in by_variant.items()]
+    return lines
+
+
+def policy_variants(module, fast_loss, chunked_logps) -> dict[str, Callable[[LossProblem], object]]:
+    """``policy <name>`` for every registered policy loss: what a trainer runs with ``policy_loss=<name>`` (Unsloth's
+    own term gets zero advantages, grpo-custom's term is added beside it); ``base`` is the default ``ppo_clip``."""
+    from grpo_custom.algorithms.policy_losses import build_policy_loss_spec, list_policy_losses
+    from grpo_custom.unsloth.policy_term import POLICY_KEY, PolicyStep, _policy_step
+
+    def variant(name):
+        spec = build_policy_loss_spec(name, None, {"epsilon_low": 0.2, "epsilon_high": 0.2, "delta": None})
+        spec = type(spec)(label=spec.label, function=spec.function, options=spec.options, stock=False)
+
+        def loss(problem):
+            token = _policy_step.set(PolicyStep(spec=spec, step=0))
+            try:
+                return fast_loss(problem, chunked_logps(problem), [], extra={POLICY_KEY: True})
+            finally:
+                _policy_step.reset(token)
+
+        return loss
+
+    return {f"policy {name}": variant(name) for name in list_policy_losses()}
 
 
 @dataclass
@@ -301,6 +387,7 @@ class Measurement:
 
     peak_bytes: int
     seconds: list
+    paired_ratio: float | None = None  # policy rows: median (variant / base) time over back-to-back pairs
 
     @property
     def median_seconds(self) -> float:
@@ -328,6 +415,25 @@ def time_variant(loss_fn, problem: LossProblem, synchronize, repeats: int) -> li
     return seconds
 
 
+def paired_time_ratio(loss_fn, base_fn, problem: LossProblem, synchronize, repeats: int) -> float:
+    """Median of variant / base time over ``repeats`` back-to-back pairs, alternating which runs first.
+
+    Pairs cancel the slow drift of a shared machine that separate medians pick up; used for the policy rows.
+    """
+    ratios = []
+    for index in range(repeats):
+        times = {}
+        order = (base_fn, loss_fn) if index % 2 == 0 else (loss_fn, base_fn)  # alternate: no first-runner bias
+        for fn in order:
+            synchronize()
+            start = time.perf_counter()
+            forward_backward(fn, problem)
+            synchronize()
+            times[fn] = time.perf_counter() - start
+        ratios.append(times[loss_fn] / times[base_fn])
+    return statistics.median(ratios)
+
+
 def peak_memory(loss_fn, problem: LossProblem, meter) -> int:
     """Peak bytes above the inputs during one forward + backward (run it once before)."""
     meter.reset()
@@ -344,6 +450,14 @@ def target_checks(results: dict) -> list[tuple[int, str, float, str, bool]]:
         checks.append((vocab, "entropy peak memory / base", memory, f"≤ {MEMORY_TARGET}", memory <= MEMORY_TARGET))
         duration = entropy.median_seconds / base.median_seconds
         checks.append((vocab, "entropy time / base", duration, f"≤ {TIME_TARGET}", duration <= TIME_TARGET))
+        for name, measured in by_variant.items():
+            if name.startswith("policy "):
+                memory = measured.peak_bytes / base.peak_bytes
+                checks.append((vocab, f"{name} peak memory / base", memory, f"≤ {POLICY_MEMORY_TARGET}",
+                               memory <= POLICY_MEMORY_TARGET))
+                duration = measured.paired_ratio
+                checks.append((vocab, f"{name} time / base (paired)", duration, f"≤ {POLICY_TIME_TARGET}",
+                               duration <= POLICY_TIME_TARGET))
         if vocab == NAIVE_TARGET_VOCAB:
             naive = by_variant["naive entropy"].peak_bytes / entropy.peak_bytes
             checks.append((vocab, "naive entropy peak memory / entropy", naive, f"≥ {NAIVE_TARGET}",
@@ -397,6 +511,13 @@ def format_report(results: dict, header: list[str], title: str) -> str:
             lines.append(f"| {vocab} | {name} | {measured.peak_bytes / MIB:.1f} | "
                          f"{measured.peak_bytes / base.peak_bytes:.2f} | {measured.median_seconds * 1e3:.1f} | "
                          f"{measured.median_seconds / base.median_seconds:.2f} |")
+    paired = [(vocab, name, measured) for vocab, by_variant in results.items()
+              for name, measured in by_variant.items() if measured.paired_ratio is not None]
+    if paired:  # the policy rows' time against base, from alternating back-to-back pairs (paired_time_ratio)
+        lines += ["", "| vocab | policy loss (beside Unsloth's loss) | memory × base | paired time × base |",
+                  "|---:|---|---:|---:|"]
+        lines += [f"| {vocab} | {name} | {measured.peak_bytes / results[vocab]['base'].peak_bytes:.2f} | "
+                  f"{measured.paired_ratio:.3f} |" for vocab, name, measured in paired]
     lines += ["", "| vocab | check | value | target | verdict |", "|---:|---|---:|---|---|"]
     for vocab, check, value, target, passed in target_checks(results):
         lines.append(f"| {vocab} | {check} | {value:.2f} | {target} | {'PASS' if passed else 'FAIL'} |")
@@ -411,14 +532,20 @@ def _ratio(by_variant: dict, numerator: str, denominator: str, attribute: str) -
     return f"{getattr(by_variant[numerator], attribute) / getattr(by_variant[denominator], attribute):.2f}"
 
 
-def auto_kernel_line(sizes: tuple) -> str:
+def auto_kernel_line(sizes: tuple, module) -> str:
     """What a patched trainer's ``entropy_kernel="auto"`` picks for one loss call of these sizes."""
+    from grpo_custom.unsloth.decisions import scorer_keeps_logits, small_batch_rule
     from grpo_custom.unsloth.entropy_plan import EntropyKernelPlan, keeps_log_probs
 
     batch, tokens, _ = sizes
-    plan = EntropyKernelPlan(mode="auto", total_rows=batch, multiplier=max(4, tokens // 4096))
+    plan = EntropyKernelPlan(mode="auto", total_rows=batch, multiplier=max(4, tokens // 4096),
+                             scorer_keeps_logits=scorer_keeps_logits(),
+                             small_batch=small_batch_rule(module.grpo_accumulated_loss))
     kept = keeps_log_probs(plan, rows=batch, width=tokens, chunks=batch * plan.multiplier)
-    picked = "grpo-custom's one-pass kernel (the `entropy` rows)" if kept else "Unsloth's recomputing kernel"
+    own = ("fused-linear entropy (the `entropy (Unsloth fused-linear)` rows)"
+           if unsloth_has_fused_linear() and not plan.scorer_keeps_logits
+           else "recomputing kernel (the `entropy (recompute)` rows)")
+    picked = "grpo-custom's one-pass kernel (the `entropy` rows)" if kept else f"Unsloth's {own}"
     return (f"- `entropy_kernel=\"auto\"` in a trainer, for one loss call of {batch} rows × {tokens} tokens: {picked}")
 
 
@@ -491,9 +618,16 @@ def main(argv: list[str] | None = None) -> dict:
         results = {vocab: {name: Measurement(peaks[vocab][name], time_variant(loss_fn, problem, synchronize, repeats))
                            for name, loss_fn in variants.items()}
                    for vocab, problem in problems.items()}
+        for vocab, problem in problems.items():
+            for name, loss_fn in variants.items():
+                if name.startswith("policy "):
+                    results[vocab][name].paired_ratio = paired_time_ratio(
+                        loss_fn, variants["base"], problem, synchronize, POLICY_PAIRED_REPEATS[mode])
+        errors = {vocab: gradient_errors(variants, problem) for vocab, problem in problems.items()}
         del problems
         header = machine_header(device, sizes, repeats, meter)
-        header.append(auto_kernel_line(sizes))
+        header.append(auto_kernel_line(sizes, module))
+        header.append(SCORER_LINE[unsloth_has_fused_linear()])
 
     title = f"Unsloth chunked GRPO loss with grpo-custom regularizers: {device.upper()}"
     if options.smoke:
@@ -504,12 +638,12 @@ def main(argv: list[str] | None = None) -> dict:
     if device == "cpu" and not heap_was_clean:
         header.append("- note: main() ran in a process that had imported torch already; blocks freed into glibc's "
                       "heap before then can add a few MiB to the CPU peaks (run the script itself for clean numbers)")
-    report = format_report(results, header, title)
+    report = format_report(results, header, title) + "\n".join(gradient_error_lines(errors)) + "\n"
     print(report)
     if output is not None:
         output.write_text(report)
         print(f"written to {output}")
-    return {"results": results, "checks": target_checks(results), "report": report}
+    return {"results": results, "checks": target_checks(results), "report": report, "gradient_errors": errors}
 
 
 if __name__ == "__main__":

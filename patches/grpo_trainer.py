@@ -38,6 +38,12 @@ GRPO_TRAINER_EDITS = (
         ),
     ),
     SourceEdit(
+        name="in_memory_reference_model",
+        reason="a full model built in memory has no path TRL could reload its reference from: copy it instead",
+        anchor="            self.ref_model = create_model_from_path(get_config_model_id(self.model.config), **model_init_kwargs)\n",
+        replacement="            self.ref_model = grpo_custom_hooks.reference_model(self.model, model_init_kwargs)\n",
+    ),
+    SourceEdit(
         name="reference_logps_gate",
         reason="a KL regularizer needs reference log-probs even when TRL's beta is 0",
         anchor=(
@@ -51,9 +57,10 @@ GRPO_TRAINER_EDITS = (
     ),
     SourceEdit.insert_after(
         name="step_aware_rewards",
-        reason="apply the reward schedule's weights for this batch and pass step/progress/stage to rewards",
+        reason="apply the reward schedule's weights for this batch; step/progress/stage reach reward functions "
+               "through their guard, never through TRL's per-row reward_kwargs",
         anchor='        reward_kwargs["trainer_state"] = self.state\n',
-        text="        reward_kwargs.update(grpo_custom_hooks.before_reward_functions(self, inputs, prompts, completions))\n",
+        text="        grpo_custom_hooks.before_reward_functions(self, inputs, prompts, completions)\n",
     ),
     SourceEdit.insert_after(
         name="advantage_estimator",
@@ -66,6 +73,7 @@ GRPO_TRAINER_EDITS = (
             "            num_generations=num_generations,\n"
             "            completion_mask=completion_mask,\n"
             "            prompt_ids=prompt_ids,\n"
+            "            generated_lengths=grpo_custom_hooks.generated_lengths(completion_ids_list, tool_mask_list, device),\n"
             "            trl_advantages=advantages,\n"
             "            inputs=inputs,\n"
             "            mode=mode,\n"
@@ -75,6 +83,20 @@ GRPO_TRAINER_EDITS = (
             "                self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size,\n"
             "                num_images=num_images, num_tiles=num_tiles, **forward_kwargs,\n"
             "            )[0],\n"
+            "        )\n"
+        ),
+    ),
+    SourceEdit.insert_before(
+        name="policy_loss",
+        reason="the configured policy loss replaces TRL's per-token policy term (kept as is for the default ppo_clip)",
+        anchor=(
+            "        if self.off_policy_mask_threshold is not None:\n"
+            "            per_token_loss = per_token_loss * off_policy_mask\n"
+        ),
+        text=(
+            "        per_token_loss = grpo_custom_hooks.policy_per_token_loss(\n"
+            "            self, per_token_loss, per_token_logps=per_token_logps, old_per_token_logps=old_per_token_logps,\n"
+            "            advantages=advantages, mask=mask,\n"
             "        )\n"
         ),
     ),

@@ -29,7 +29,7 @@ def _tiny(model_dir, seed=0):
 
 
 def _train(trainer_class, config_class, model_dir, output_dir, steps=2, reward_funcs=None, callbacks=None,
-           **overrides):
+           float32_loss=False, **overrides):
     from grpo_custom.testing.length_task import length_dataset
     from tests.helpers import changed_parameters, cpu_training_kwargs, letter_fraction_reward, snapshot
 
@@ -38,6 +38,10 @@ def _train(trainer_class, config_class, model_dir, output_dir, steps=2, reward_f
     args = config_class(**cpu_training_kwargs(output_dir, max_steps=steps, **overrides))
     trainer = trainer_class(model=model, reward_funcs=reward_funcs or [letter_fraction_reward], args=args,
                             train_dataset=length_dataset(16), processing_class=tokenizer, callbacks=callbacks)
+    if float32_loss:  # Unsloth's loss without its 16-bit autocast (what it does for a float32 model on a GPU)
+        import torch
+
+        trainer._autocast_enabled, trainer._autocast_dtype = False, torch.float16
     trainer.train()
     trainable, frozen = changed_parameters(model, before)
     weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -184,7 +188,15 @@ def broken(model_dir, work):
         result[f"after_{case}"] = {"trl_untouched": trl.GRPOTrainer is original,
                                    "no_active_patch": unsloth_patch.active_patch() is None}
 
-    unsloth_patch.TESTED_VERSIONS = {**unsloth_patch.TESTED_VERSIONS, "unsloth": "2099.1.1"}
+    # Every check below must fail loudly: the override variable (CI or a user may have it set) is cleared first
+    os.environ.pop(unsloth_patch.ALLOW_UNTESTED_ENV, None)
+    import grpo_custom.fork.versions as versions
+
+    real_check = unsloth_patch.check_unsloth_versions
+    future = {name: versions.installed_version(name) for name in versions.PACKAGES}
+    result["installed"] = dict(future)
+    future["unsloth"] = "2099.1.1"
+    unsloth_patch.check_unsloth_versions = lambda: real_check(future)
     try:
         grpo_custom.patch_unsloth()
     except unsloth_patch.UnslothPatchError as error:
@@ -195,7 +207,7 @@ def broken(model_dir, work):
         unsloth_patch.check_versions()
     result["version_override_warned"] = any("untested versions" in str(w.message) for w in caught)
     del os.environ[unsloth_patch.ALLOW_UNTESTED_ENV]
-    unsloth_patch.TESTED_VERSIONS = {**unsloth_patch.TESTED_VERSIONS, "unsloth": "2026.10.7"}
+    unsloth_patch.check_unsloth_versions = real_check
 
     # An edit that makes Unsloth keep TRL's compute_loss (its opt-out token): the fast loss would be lost.
     import grpo_custom.patches as patches
@@ -273,6 +285,19 @@ def train_registry(model_dir, work):
     return runs
 
 
+@scenario
+def compile_loss(model_dir, work):
+    """Unsloth's chunk loss compiled for real (graphs > 0), and a scheduled coefficient that moves every step."""
+    import torch._dynamo.utils as dynamo_utils
+
+    import grpo_custom
+
+    with grpo_custom.patch_unsloth():
+        result = _compiled_graphs_per_step(model_dir, os.path.join(work, "recompile"), None)
+    result["graph_names"] = sorted({str(name) for name in dynamo_utils.counters["stats"]})
+    return result
+
+
 def _compiled_graphs_per_step(model_dir, output_dir, schedule) -> dict:
     """Dynamo's compiled-graph count after each step of a run whose KL coefficient changes every step."""
     import torch._dynamo.utils as dynamo_utils
@@ -306,8 +331,8 @@ def gradients(model_dir, work):
     import torch
 
     import grpo_custom
-    from grpo_custom.algorithms.loss_aggregation import token_weights_like_unsloth
     from grpo_custom.algorithms.regularizers import RegularizerInputs, RegularizerSpec
+    from grpo_custom.unsloth.decisions import token_weights
     from grpo_custom.unsloth.loss_terms import TERMS_KEY
 
     torch.manual_seed(0)
@@ -316,6 +341,11 @@ def gradients(model_dir, work):
     with grpo_custom.patch_unsloth() as patch:
         module = patch.module
         import unsloth_zoo.rl_replacements as zoo
+
+        compute_loss = module.grpo_compute_loss.grpo_custom_original
+
+        def token_weights_like_unsloth(mask, kwargs):
+            return token_weights(compute_loss, ids, mask, kwargs)
 
         ids = torch.randint(0, V, (B, T))
         mask = torch.ones(B, T)
@@ -334,7 +364,8 @@ def gradients(model_dir, work):
         ref = base + 0.3 * torch.randn(B, T)
 
         for loss_type in ("dapo", "grpo", "bnpo", "dr_grpo"):
-            kwargs = {"loss_type": loss_type, "max_completion_length": T, "num_items_in_batch": mask.sum(),
+            # num_items_in_batch counts the whole accumulation window (2 micro-batches), as TRL passes it
+            kwargs = {"loss_type": loss_type, "max_completion_length": T, "num_items_in_batch": 2 * mask.sum(),
                       "current_gradient_accumulation_steps": 2, "num_processes": 1, "steps_per_generation": 2,
                       "epsilon_low": 0.2, "epsilon_high": 0.2}
 
@@ -363,6 +394,19 @@ def gradients(model_dir, work):
                 (0.7 * (term * weights).sum()).backward()
                 key = f"{loss_type}/kl_{config['kind']}" + (f"_grad_{config['grad_kind']}" if "grad_kind" in config else "")
                 results[key] = _relative_error(delta, hidden.grad)
+
+            # Independent of how the weights are obtained: the k3 regularizer's gradient equals that of Unsloth's own
+            # beta·k3 term (no clamp active here), which Unsloth aggregates itself
+            def unsloth_beta_grad(beta):
+                hidden = fresh_hidden()
+                logps = module.chunked_hidden_states_selective_log_softmax(hidden, lm_head, ids, 2)
+                module.UnslothEfficientGRPO.apply(logps, old, ref, None, lm_head, ids, mask, advantages, beta, None, 1,
+                                                  {**kwargs, TERMS_KEY: []}, None)[0].backward()
+                return hidden.grad
+
+            spec = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "coef": 0.7})
+            ours = fast_grad([(spec, torch.tensor(0.7))]) - without
+            results[f"{loss_type}/kl_k3_vs_unsloth_beta"] = _relative_error(ours, unsloth_beta_grad(0.7) - without)
 
             # TRL's use_bias_correction_kl: the KL term times π/π_old, with the ratio's gradient too
             spec = RegularizerSpec.from_config({"name": "kl", "kind": "k3", "coef": 0.7})
@@ -417,6 +461,7 @@ def gradients(model_dir, work):
             # entropy, weighted like the loss type, with the log-probs' gradient too (the policy loss reads them):
             # outside a loss call (no plan) the patched binding runs Unsloth's recomputing kernel, inside one
             # grpo-custom's one-pass kernel
+            from grpo_custom.unsloth.decisions import SmallBatchRule
             from grpo_custom.unsloth.entropy_plan import EntropyKernelPlan, _entropy_plan
 
             weights = token_weights_like_unsloth(mask, kwargs)
@@ -427,7 +472,9 @@ def gradients(model_dir, work):
             picked = log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
             ((picked * grad_logps).sum() + 0.3 * (-full_entropy * weights).sum()).backward()
             reference = hidden.grad
-            plans = {"entropy": None, "entropy_one_pass": EntropyKernelPlan(mode="auto", total_rows=B, multiplier=4)}
+            plans = {"entropy": None, "entropy_one_pass": EntropyKernelPlan(mode="keep_log_probs", total_rows=B, multiplier=4,
+                                                                 scorer_keeps_logits=True,
+                                                                 small_batch=SmallBatchRule(0, 0))}
             for name, plan in plans.items():
                 token = _entropy_plan.set(plan)
                 try:
@@ -550,6 +597,8 @@ def entropy_kernels(model_dir, work):
         "keep_log_probs": {"entropy_kernel": "keep_log_probs"},
         "recompute": {"entropy_kernel": "recompute"},
         "auto": {"entropy_kernel": "auto"},
+        "keep_log_probs_float32": {"entropy_kernel": "keep_log_probs", "float32_loss": True},
+        "recompute_float32": {"entropy_kernel": "recompute", "float32_loss": True},
     }
     entropy_options = {"regularizers": [{"name": "entropy", "coef": 0.05}], "entropy_coef": 0.02,
                        "top_entropy_quantile": 0.5}
@@ -586,10 +635,16 @@ def entropy_kernels(model_dir, work):
         finally:
             zoo.chunked_hidden_states_selective_log_softmax_recompute = patched
             entropy_kernel.ChunkedLogProbsAndEntropy.apply = one_pass_apply
-    reference = gradients["recompute"]
-    for name in ("keep_log_probs", "auto"):
+    for name, reference_name in (("keep_log_probs", "recompute"), ("auto", "recompute"),
+                                 ("keep_log_probs_float32", "recompute_float32")):
+        reference = gradients[reference_name]
         result[name]["gradient_relative_error"] = max(_relative_error(gradients[name][key], grad)
                                                       for key, grad in reference.items())
+    import unsloth_zoo.rl_replacements as zoo
+    from grpo_custom.unsloth.decisions import scorer_keeps_logits
+
+    result["unsloth_scorer_keeps_logits"] = scorer_keeps_logits()
+    reference = gradients["recompute"]
     # TRL's entropy_coef acts under Unsloth: its gradient differs from a run without entropy
     result["trl_entropy_coef_only"]["gradient_difference_vs_no_entropy"] = max(
         _relative_error(gradients["trl_entropy_coef_only"][key], grad) for key, grad in gradients["no_entropy"].items())
@@ -598,11 +653,169 @@ def entropy_kernels(model_dir, work):
     return result
 
 
+@scenario
+def policy_losses(model_dir, work):
+    """Every registered policy loss through Unsloth's fast loss; ppo_clip through the term equals stock Unsloth."""
+    import grpo_custom
+
+    runs = {}
+    with grpo_custom.patch_unsloth():
+        for name in grpo_custom.list_policy_losses():
+            trainer, trainable, frozen, _ = _train(
+                grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir, os.path.join(work, name), steps=2,
+                check_rewards="off", policy_loss=name, loss_type="grpo", num_iterations=2,
+                regularizers=[{"name": "kl", "kind": "k2", "coef": 0.05}])
+            logged = [h for h in trainer.state.log_history if "loss" in h]
+            runs[name] = {"trainable_changed": len(trainable), "frozen_changed": len(frozen),
+                          "finite_losses": all(h["loss"] == h["loss"] for h in logged),
+                          "metric_keys": sorted({k for h in logged for k in h if k.startswith("policy_loss/")}),
+                          "regularizer_logged": all("regularizers/kl/value" in h for h in logged)}
+        histories = {}
+        for how, overrides in (("stock", {}), ("term", {"policy_loss": grpo_custom.get_policy_loss("ppo_clip")})):
+            trainer, _, _, weights = _train(grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir,
+                                            os.path.join(work, f"ppo_{how}"), steps=3, check_rewards="off", **overrides)
+            histories[how] = {"losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+                              "grad_norms": [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h],
+                              "weights": weights}
+        runs["ppo_clip_term_vs_stock"] = {
+            "losses": [histories["term"]["losses"], histories["stock"]["losses"]],
+            "grad_norms": [histories["term"]["grad_norms"], histories["stock"]["grad_norms"]],
+            "weight_error": max(_relative_error(histories["term"]["weights"][key], value)
+                                for key, value in histories["stock"]["weights"].items()),
+        }
+    return runs
+
+
+@scenario
+def policy_schedule(model_dir, work):
+    """A scheduled epsilon and clip_ratio_c (dual_clip) inside the compiled fast loss: logged per step, no new graph."""
+    import torch._dynamo.utils as dynamo_utils
+    from transformers import TrainerCallback
+
+    import grpo_custom
+
+    with grpo_custom.patch_unsloth():
+        counts = []
+
+        class CountGraphs(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                counts.append(int(dynamo_utils.counters["stats"]["unique_graphs"]))
+
+        epsilon = grpo_custom.Schedule.linear(0.1, 0.3, 0, 5)
+        bound = grpo_custom.Schedule.linear(2.0, 4.0, 0, 5)
+        trainer, trainable, frozen, _ = _train(
+            grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir, os.path.join(work, "scheduled"), steps=5,
+            check_rewards="off", policy_loss="dual_clip", epsilon=epsilon,
+            policy_loss_kwargs={"clip_ratio_c": bound}, callbacks=[CountGraphs()])
+        logged = [h for h in trainer.state.log_history if "loss" in h]
+        return {
+            "steps": [h["step"] for h in logged],
+            "epsilon_low": [h.get("policy_loss/epsilon_low") for h in logged],
+            "clip_ratio_c": [h.get("policy_loss/clip_ratio_c") for h in logged],
+            "want_epsilon": [epsilon(h["step"] - 1) for h in logged],
+            "want_clip_ratio_c": [bound(h["step"] - 1) for h in logged],
+            "graphs_after_each_step": counts,
+            "trainable_changed": len(trainable), "frozen_changed": len(frozen),
+        }
+
+
+@scenario
+def policy_gradients(model_dir, work):
+    """Each policy loss's gradient inside Unsloth's fast loss equals a full-logits torch reference, per loss_type."""
+    import torch
+
+    import grpo_custom
+    from grpo_custom.unsloth.decisions import chunked_token_weights
+    from grpo_custom.unsloth.loss_terms import _unsloth_compute_loss
+    from grpo_custom.algorithms.policy_losses import build_policy_loss_spec
+    from grpo_custom.unsloth.policy_term import POLICY_KEY, PolicyStep, _policy_step
+
+    torch.manual_seed(0)
+    B, T, H, V = 4, 6, 8, 17
+    results, effects = {}, {}
+    with grpo_custom.patch_unsloth() as patch:
+        module = patch.module
+        ids = torch.randint(0, V, (B, T))
+        mask = torch.ones(B, T)
+        mask[0, 3:] = 0
+        mask[2, 5:] = 0
+        advantages = torch.randn(B) * 2
+        lm_head = torch.randn(V, H)
+
+        def fresh_hidden():
+            torch.manual_seed(1)
+            return torch.randn(B, T, H, requires_grad=True)
+
+        with torch.no_grad():
+            base = torch.log_softmax(fresh_hidden() @ lm_head.t(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        old = base + 0.2 * torch.randn(B, T)
+        ref = base + 0.3 * torch.randn(B, T)
+        for loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
+            kwargs = {"loss_type": loss_type, "max_completion_length": T, "num_items_in_batch": mask.sum(),
+                      "current_gradient_accumulation_steps": 2, "num_processes": 1, "steps_per_generation": 2,
+                      "epsilon_low": 0.2, "epsilon_high": 0.2}
+            for name in grpo_custom.list_policy_losses():
+                options = {"clip_cov_ratio": 0.2, "clip_cov_lb": 0.0, "generator": None} if name == "clip_cov" else (
+                    {"kl_cov_ratio": 0.2} if name == "kl_cov" else {})
+                spec = build_policy_loss_spec(name, {k: v for k, v in options.items() if k != "generator"},
+                                              {"epsilon_low": 0.2, "epsilon_high": 0.28, "delta": None})
+                torch.manual_seed(5)  # clip_cov's random pick: the same in both computations
+                hidden = fresh_hidden()
+                logps = module.chunked_hidden_states_selective_log_softmax(hidden, lm_head, ids, 2)
+                token = _policy_step.set(PolicyStep(spec=spec, step=0))
+                try:
+                    loss = module.UnslothEfficientGRPO.apply(logps, old, ref, None, lm_head, ids, mask, advantages,
+                                                             0.04, None, 1, {**kwargs, POLICY_KEY: True}, None)[0]
+                finally:
+                    _policy_step.reset(token)
+                loss.backward()
+                fast = hidden.grad
+                torch.manual_seed(5)
+                hidden = fresh_hidden()
+                logps = torch.log_softmax(hidden @ lm_head.t(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+                keep = mask.bool()
+                new, old_masked, ref_masked = (torch.where(keep, x, 0.0) for x in (logps, old, ref))
+                per_token, _ = spec(new, old_masked, advantages.unsqueeze(1).expand(B, T), mask)
+                log_ratio = torch.clamp(ref_masked - new, -20, 20)
+                kl = torch.clamp(torch.expm1(log_ratio) - log_ratio, -10, 10)  # Unsloth's clamped k3
+                # Unsloth's own aggregation weights, asked of the installed Unsloth (bnpo's normalization moved in
+                # 2026.10.9): the reference's KL term is then Unsloth's own loss, weighted as Unsloth weights it.
+                weights = chunked_token_weights(_unsloth_compute_loss(module), ids, mask, kwargs, 1)
+                ((per_token + 0.04 * kl) * weights).sum().backward()
+                results[f"{loss_type}/{name}"] = _relative_error(fast, hidden.grad)
+                reference = hidden.grad
+                hidden = fresh_hidden()
+                logps = torch.log_softmax(hidden @ lm_head.t(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+                new = torch.where(keep, logps, 0.0)
+                log_ratio = torch.clamp(ref_masked - new, -20, 20)
+                kl = torch.clamp(torch.expm1(log_ratio) - log_ratio, -10, 10)
+                (0.04 * kl * weights).sum().backward()
+                effects[f"{loss_type}/{name}"] = _relative_error(hidden.grad, reference)  # the policy term's share
+    return {"errors": results, "policy_effect": effects}
+
+
+def _compile_unsloth_loss_for_real() -> None:
+    """Turn Unsloth's loss compile back on under ``UNSLOTH_COMPILE_DISABLE=1``, which the runner keeps set so that
+    Unsloth's model-side patches stay eager (decorated at import, when the variable is read).
+
+    From unsloth_zoo 2026.10.9 ``torch_compile_with_fallback``, which compiles the chunk loss at each call, also
+    returns the function uncompiled while its module's ``UNSLOTH_COMPILE_DISABLE`` is true; earlier releases
+    compile the loss with ``torch.compile`` directly (no such flag to clear).
+    """
+    import unsloth  # noqa: F401  (imports unsloth_zoo with the environment above)
+    import unsloth_zoo.temporary_patches.utils as zoo_utils
+
+    if getattr(zoo_utils, "UNSLOTH_COMPILE_DISABLE", False):
+        zoo_utils.UNSLOTH_COMPILE_DISABLE = False
+
+
 def main() -> None:
     name, out = sys.argv[1], sys.argv[2]
     import torch
 
     torch.set_num_threads(1)
+    if os.environ.get("TORCHDYNAMO_DISABLE") != "1" and name != "grpo_custom_first":
+        _compile_unsloth_loss_for_real()
     from grpo_custom.testing.tiny_model import save_tiny_model
 
     with tempfile.TemporaryDirectory() as work:

@@ -1,17 +1,25 @@
-"""``grpo-custom demo``: GRPO on the toy length-control task.
+"""``grpo-custom demo``: GRPO on the toy length-control task, with a readable console.
 
-On a CPU (or without ``--model``) it trains a LoRA adapter on the offline tiny model built
-locally (no download). With ``--model NAME`` on a CUDA GPU with Unsloth installed, the same task
-runs through Unsloth (4-bit base, LoRA) with grpo-custom's patch applied. The reward is
-``-|target - len(completion)|``: correctly signed, since GRPO maximizes reward.
+On a CPU (or without ``--model``) it trains a LoRA adapter on the offline tiny model built locally
+(no download). With ``--model NAME`` on a CUDA GPU with Unsloth installed, the same task runs through
+Unsloth (4-bit base, LoRA) with grpo-custom's patch applied. The reward is ``-|target - len(completion)|``:
+correctly signed, since GRPO maximizes reward. The console shows a progress bar, a compact line every
+``log_every`` steps, sample completions at the start and the end, and a summary; every logged step goes
+in full to ``<output-dir>/log_history.jsonl``.
 """
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 TARGET_LENGTH = 8
+SAMPLES_SHOWN = 3
+
+
+class DemoError(RuntimeError):
+    """A user mistake the command line reports in one line (no traceback)."""
 
 
 @dataclass
@@ -23,6 +31,7 @@ class DemoResult:
     rewards: list[float]
     curve_path: Path
     log_path: Path
+    steps_log_path: Path
 
 
 def _window_mean(values: list[float], size: int) -> float:
@@ -49,8 +58,13 @@ def save_reward_curve(rewards: list[float], path: Path, title: str) -> Path:
     return path
 
 
-def demo_training_arguments(output_dir: str, steps: int, estimator: str, seed: int, on_gpu: bool) -> dict:
-    """The GRPO arguments of the demo (small and fast on CPU, logged every step)."""
+def demo_training_arguments(output_dir: str, steps: int, estimator: str, seed: int, on_gpu: bool,
+                            learning_rate: float | None = None) -> dict:
+    """The GRPO arguments of the demo (small and fast on CPU, logged every step, no console dicts).
+
+    ``learning_rate`` overrides the demo's (0.02 on the tiny model, 5e-5 through Unsloth); 0 makes a
+    no-learning control run.
+    """
     return dict(
         output_dir=output_dir,
         advantage_estimator=estimator,
@@ -58,7 +72,7 @@ def demo_training_arguments(output_dir: str, steps: int, estimator: str, seed: i
         num_generations=8,
         max_completion_length=16,
         max_steps=steps,
-        learning_rate=0.02 if not on_gpu else 5e-5,
+        learning_rate=learning_rate if learning_rate is not None else 0.02 if not on_gpu else 5e-5,
         lr_scheduler_type="constant",
         logging_steps=1,
         report_to="none",
@@ -68,14 +82,89 @@ def demo_training_arguments(output_dir: str, steps: int, estimator: str, seed: i
         save_strategy="no",
         seed=seed,
         beta=0.0,
+        disable_tqdm=True,  # the demo draws its own progress bar
     )
+
+
+def check_demo_options(estimator: str, steps: int, model_name: str | None) -> None:
+    """Raise :class:`DemoError` for options that cannot run here, before anything heavy is loaded."""
+    from grpo_custom.algorithms.estimators import list_advantage_estimators
+
+    if estimator not in list_advantage_estimators():
+        raise DemoError(f"unknown estimator {estimator!r}; choose one of {', '.join(list_advantage_estimators())}")
+    if steps < 1:
+        raise DemoError(f"--steps must be at least 1, got {steps}")
+    if model_name is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DemoError(f"--model {model_name} runs through Unsloth and needs a CUDA GPU; none is available "
+                            "(without --model the demo trains the built-in tiny model on this CPU)")
+
+
+def _compact(entry: dict, step: int, max_steps: int) -> str:
+    """One console line for a logged step: reward, completion length, KL, advantage spread."""
+    kl = entry.get("kl", entry.get("regularizers/kl/value"))
+    parts = [f"step {step:>4}/{max_steps}", f"reward {entry.get('reward', float('nan')):8.3f}",
+             f"length {entry.get('completions/mean_length', float('nan')):5.1f}",
+             "kl " + ("     -" if kl is None else f"{kl:.4f}"),
+             f"adv std {entry.get('advantages/std', float('nan')):.3f}"]
+    return "  ".join(parts)
+
+
+def _console_callback(trainer, log_every: int, steps_log_path: Path, stream):
+    """A callback drawing the progress bar, the compact lines and the samples, and writing every step's log."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class DemoConsole(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+            self.samples_shown = False
+            steps_log_path.write_text("")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc="training", unit="step", file=stream, dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            with steps_log_path.open("a") as handle:
+                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+            if "reward" not in logs:
+                return
+            if not self.samples_shown:
+                self.samples_shown = True
+                self.bar.write(format_samples(trainer, "sample completions at the start"))
+            if state.global_step % log_every == 0 or state.global_step == state.max_steps:
+                self.bar.write(_compact(logs, state.global_step, state.max_steps))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return DemoConsole()
+
+
+def format_samples(trainer, title: str) -> str:
+    """The last generated completions with their rewards, from the trainer's completions table."""
+    logs = getattr(trainer, "_logs", {})
+    completions = list(logs.get("completion", []))[-SAMPLES_SHOWN:]
+    rewards = {name: list(values)[-SAMPLES_SHOWN:] for name, values in logs.get("rewards", {}).items()}
+    lines = [f"{title} (target {TARGET_LENGTH} characters):"]
+    for index, completion in enumerate(completions):
+        text = completion if isinstance(completion, str) else str(completion)
+        scores = ", ".join(f"{name} {values[index]:.2f}" for name, values in rewards.items() if index < len(values))
+        lines.append(f"  {text!r:<40} len {len(text):>3}  {scores}")
+    return "\n".join(lines)
 
 
 def _tiny_lora_model(output_dir: Path, seed: int):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from grpo_custom.testing.tiny_model import load_tiny_model, save_tiny_model
+    from grpo_custom.testing import load_tiny_model, save_tiny_model
 
     model_dir = save_tiny_model(output_dir / "tiny_model", seed=seed)
     model, tokenizer = load_tiny_model(model_dir)
@@ -85,10 +174,6 @@ def _tiny_lora_model(output_dir: Path, seed: int):
 
 
 def _unsloth_lora_model(model_name: str):
-    import torch
-
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"--model {model_name} runs through Unsloth and needs a CUDA GPU; none is available.")
     from grpo_custom.unsloth.patch import patch_unsloth
 
     patch_unsloth()
@@ -101,12 +186,19 @@ def _unsloth_lora_model(model_name: str):
 
 
 def run_demo(estimator: str = "grpo", steps: int = 60, output_dir: str = "grpo_custom_demo",
-             model_name: str | None = None, seed: int = 0) -> DemoResult:
-    """Train the length-control task and report the first/last mean rewards and the reward curve."""
+             model_name: str | None = None, seed: int = 0, log_every: int = 10, stream=None,
+             learning_rate: float | None = None) -> DemoResult:
+    """Train the length-control task; print progress, samples and a summary; save the logs and the reward curve.
+
+    Raises :class:`DemoError` for an unknown estimator, ``steps < 1`` or ``model_name`` without a CUDA GPU.
+    """
+    check_demo_options(estimator, steps, model_name)
+    stream = stream or sys.stdout
     import torch
+    from transformers import PrinterCallback, ProgressCallback
 
     from grpo_custom.rewards.builtin import length_reward
-    from grpo_custom.testing.length_task import length_dataset
+    from grpo_custom.testing import length_dataset
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,14 +207,15 @@ def run_demo(estimator: str = "grpo", steps: int = 60, output_dir: str = "grpo_c
         model, tokenizer = _unsloth_lora_model(model_name)
     else:
         if not torch.cuda.is_available():
-            from grpo_custom.testing.cpu_logprob import use_torch_logprob_kernel
+            from grpo_custom.testing import use_torch_logprob_kernel
 
             use_torch_logprob_kernel()
         model, tokenizer = _tiny_lora_model(out, seed)
 
     from grpo_custom.unsloth.trainer_classes import current_config_class, current_trainer_class
 
-    config = current_config_class()(**demo_training_arguments(str(out), steps, estimator, seed, on_gpu))
+    config = current_config_class()(**demo_training_arguments(str(out), steps, estimator, seed, on_gpu,
+                                                               learning_rate))
     trainer = current_trainer_class()(
         model=model,
         reward_funcs=[length_reward(TARGET_LENGTH, shape="neg_abs")],
@@ -130,7 +223,14 @@ def run_demo(estimator: str = "grpo", steps: int = 60, output_dir: str = "grpo_c
         train_dataset=length_dataset(256, seed=seed),
         processing_class=tokenizer,
     )
+    for noisy in (PrinterCallback, ProgressCallback):  # they print every log dict
+        trainer.remove_callback(noisy)
+    steps_log_path = out / "log_history.jsonl"
+    trainer.add_callback(_console_callback(trainer, max(1, log_every), steps_log_path, stream))
+    print(f"grpo-custom demo: {steps} steps of estimator {estimator!r} on "
+          f"{model_name or 'the built-in tiny model (CPU)'}; full per-step logs in {steps_log_path}", file=stream)
     trainer.train()
+    print(format_samples(trainer, "sample completions at the end"), file=stream)
 
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     window = max(1, min(10, len(rewards) // 4))
@@ -141,9 +241,10 @@ def run_demo(estimator: str = "grpo", steps: int = 60, output_dir: str = "grpo_c
         curve_path=save_reward_curve(rewards, out / "reward_curve.png",
                                      f"length control (target {TARGET_LENGTH} chars), estimator {estimator}"),
         log_path=out / "log_history.json",
+        steps_log_path=steps_log_path,
     )
     result.log_path.write_text(json.dumps(trainer.state.log_history, indent=1))
-    print(f"mean reward, first {window} steps: {result.first_reward:.3f}")
-    print(f"mean reward, last {window} steps:  {result.last_reward:.3f}")
-    print(f"reward curve: {result.curve_path}")
+    print(f"mean reward, first {window} steps: {result.first_reward:.3f}", file=stream)
+    print(f"mean reward, last {window} steps:  {result.last_reward:.3f}", file=stream)
+    print(f"reward curve: {result.curve_path}", file=stream)
     return result

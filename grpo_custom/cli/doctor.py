@@ -1,4 +1,4 @@
-"""``grpo-custom doctor``: versions, CUDA, and which grpo-custom pieces are active."""
+"""``grpo-custom doctor``: versions, CUDA, accelerator libraries' load status, and which grpo-custom pieces are active."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -15,6 +15,7 @@ class DoctorReport:
 
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not broken (e.g. GPU libraries on a CPU)
 
     @property
     def healthy(self) -> bool:
@@ -24,7 +25,8 @@ class DoctorReport:
     def text(self) -> str:
         """The report as printed."""
         tail = ["", "problems:", *(f"  - {p}" for p in self.problems)] if self.problems else ["", "all good"]
-        return "\n".join([*self.lines, *tail])
+        notes = ["", "notes:", *(f"  - {n}" for n in self.notes)] if self.notes else []
+        return "\n".join([*self.lines, *notes, *tail])
 
 
 def _version(name: str) -> str:
@@ -38,11 +40,12 @@ def doctor_report() -> DoctorReport:
     """Collect versions, CUDA availability, the fork's state and the Unsloth patch's state."""
     from grpo_custom.fork.generate import (
         FORK_MODULE_NAME,
-        TRL_VERSION,
         UpstreamMismatchError,
         fork_is_loaded,
+        installed_trl_version,
         read_upstream_source,
     )
+    from grpo_custom.fork.versions import matrix_lines
     from grpo_custom.patches import GRPO_TRAINER_EDITS
     from grpo_custom.utils.version import __version__
 
@@ -56,10 +59,12 @@ def doctor_report() -> DoctorReport:
         report.lines.append(f"CUDA: available ({torch.cuda.get_device_name(0)}, torch CUDA {torch.version.cuda})")
     else:
         report.lines.append("CUDA: not available (CPU only: 4-bit, vLLM and Unsloth's real GPU path are off)")
+    report.lines.extend(matrix_lines())
+    _report_accelerators(report, on_gpu=torch.cuda.is_available())
 
     try:
         read_upstream_source()
-        report.lines.append(f"upstream: trl {TRL_VERSION} grpo_trainer.py matches the pinned sha256")
+        report.lines.append(f"upstream: trl {installed_trl_version()} grpo_trainer.py matches the support matrix's sha256")
         from grpo_custom.fork.generate import write_fork
 
         path = write_fork()
@@ -76,3 +81,19 @@ def doctor_report() -> DoctorReport:
 
     report.lines.append(isolation_summary())
     return report
+
+
+def _report_accelerators(report: DoctorReport, on_gpu: bool) -> None:
+    """Each accelerator library's real load status; a load failure is a problem on a GPU, a note on a CPU."""
+    from grpo_custom.cli.accelerators import probe_accelerator_libraries
+
+    report.lines.append("accelerator libraries (each imported in a fresh interpreter):")
+    for status in probe_accelerator_libraries():
+        report.lines.append(status.line())
+        if status.version is None or not (status.error or status.problems):
+            continue
+        what = f"{status.name} {status.version}: {status.error or status.problems[0]}"
+        if on_gpu:
+            report.problems.append(what + " (Unsloth falls back to slower code; reinstall a build for this torch)")
+        else:
+            report.notes.append(what + " (expected without a GPU)")

@@ -34,21 +34,37 @@ def _doctor(args) -> int:
 
 
 def _demo(args) -> int:
-    from grpo_custom.cli.demo import run_demo
+    from grpo_custom.cli.demo import DemoError, run_demo
 
-    run_demo(estimator=args.estimator, steps=args.steps, output_dir=args.output_dir, model_name=args.model,
-             seed=args.seed)
+    try:
+        run_demo(estimator=args.estimator, steps=args.steps, output_dir=args.output_dir, model_name=args.model,
+                 seed=args.seed, log_every=args.log_every)
+    except DemoError as error:  # a user mistake: one line, no traceback
+        print(f"grpo-custom demo: error: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``grpo-custom demo: error: ... (see grpo-custom demo --help)``)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``grpo-custom``."""
-    parser = argparse.ArgumentParser(prog="grpo-custom", description=__doc__)
+    parser = _Parser(prog="grpo-custom", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from grpo_custom.algorithms.estimators import list_advantage_estimators
+
     demo = commands.add_parser("demo", help="train the toy length-control task on a tiny local model")
-    demo.add_argument("--estimator", default="grpo", help="advantage estimator (see grpo_custom.list_advantage_estimators())")
-    demo.add_argument("--steps", type=int, default=60, help="training steps")
+    demo.add_argument("--estimator", default="grpo", choices=list_advantage_estimators(), metavar="NAME",
+                      help="advantage estimator: %(choices)s (default: %(default)s)")
+    demo.add_argument("--steps", type=int, default=60, help="training steps (default: %(default)s)")
+    demo.add_argument("--log-every", type=int, default=10, metavar="N",
+                      help="print a compact line every N steps (default: %(default)s); every step goes to the log file")
     demo.add_argument("--output-dir", default="grpo_custom_demo", help="where the model, logs and reward curve go")
     demo.add_argument("--model", default=None, help="a real model name: runs through Unsloth (needs a CUDA GPU)")
     demo.add_argument("--seed", type=int, default=0)

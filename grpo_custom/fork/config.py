@@ -39,18 +39,29 @@ class GRPOConfig(_TRLGRPOConfig):
 
     Extra fields:
         advantage_estimator: registered estimator name (see ``grpo_custom.list_advantage_estimators()``)
-            or a callable with the estimator contract. ``"grpo"`` reproduces TRL exactly.
+            or a callable with the estimator contract. ``"grpo"`` reproduces TRL exactly. A dict
+            ``{estimator: weight}`` (weights constant or schedules) mixes estimators: Σ w·A (``mix_estimators``).
         advantage_estimator_kwargs: options passed to the estimator (checked against its signature).
         regularizers: list of ``{"name": ..., "coef": ..., <options>}`` dicts or ``RegularizerSpec``.
         reward_schedule: a ``grpo_custom.RewardSchedule``; reward weights follow it per generation step.
         reward_errors: ``"raise"`` (default) or ``"nan"``: what a bad reward output does.
-        check_rewards: ``"warn"`` (default), ``"error"`` or ``"off"``: the reward direction check at start.
+        check_rewards: ``"warn"`` (default), ``"error"`` or ``"off"``: the reward direction check at start; or a
+            dict ``{reward function name: mode}`` per function (names as in ``trainer.reward_func_names``;
+            functions it does not name: ``"warn"``).
+        resume_allow_config_change: resuming from a checkpoint whose algorithm fingerprint (estimator,
+            ``scale_rewards``, ``beta``, regularizers, ...) differs warns instead of raising.
         task_column: dataset column naming each sample's task (multi-task training).
         task_rewards: ``{task: [reward_fn, ...]}`` or a routing callable; each completion is scored only by
             its task's functions.
         task_weights: optional per-task weights for ``task_rewards``.
         task_normalization: ``None``, ``"group"`` or ``"running"``: per-task reward normalization.
         task_balance: sample prompts task-balanced (groups stay intact).
+        policy_loss: registered policy loss (``grpo_custom.list_policy_losses()``) or a callable with the contract
+            ``fn(log_probs, old_log_probs, advantages, mask, *, <options>) -> (per_token_loss, metrics)``;
+            ``"ppo_clip"`` (default) is TRL's / Unsloth's own computation. Metrics log as ``policy_loss/<name>``.
+        policy_loss_kwargs: its options (checked against its signature); a value may be a schedule ``step -> float``.
+        epsilon, epsilon_high, delta: TRL's fields; each may also be a schedule ``step -> float`` (the trust region
+            as a schedule: entering the loss as tensors, logged as ``policy_loss/epsilon_low`` etc.).
         entropy_kernel: Unsloth fast path only: how entropies (entropy regularizers, ``entropy_coef``,
             ``top_entropy_quantile``) are computed in the chunked loss. ``"keep_log_probs"``: one LM-head pass,
             each chunk's float32 log-probs kept for the backward (the memory Unsloth's own log-prob path keeps);
@@ -64,7 +75,10 @@ class GRPOConfig(_TRLGRPOConfig):
     regularizers: list | None = field(default=None, metadata={"help": "Extra loss/reward regularizers."})
     reward_schedule: Any = field(default=None, metadata={"help": "A grpo_custom.RewardSchedule."})
     reward_errors: str = field(default="raise", metadata={"help": "'raise' or 'nan' for bad reward outputs."})
-    check_rewards: str = field(default="warn", metadata={"help": "'warn', 'error' or 'off'."})
+    check_rewards: Any = field(default="warn", metadata={
+        "help": "'warn', 'error' or 'off', or a dict {reward function name: mode} (unnamed ones: 'warn')."})
+    resume_allow_config_change: bool = field(default=False, metadata={
+        "help": "Resume from a checkpoint whose algorithm configuration differs (warns instead of raising)."})
     task_column: str | None = field(default=None, metadata={"help": "Dataset column holding the task name."})
     task_rewards: Any = field(default=None, metadata={"help": "{task: [reward functions]} or a router."})
     task_weights: dict | None = field(default=None, metadata={"help": "Per-task reward weights."})
@@ -72,18 +86,38 @@ class GRPOConfig(_TRLGRPOConfig):
     task_balance: bool = field(default=False, metadata={"help": "Task-balanced prompt sampling."})
     entropy_kernel: str = field(default="auto", metadata={
         "help": "Unsloth fast path: 'auto', 'keep_log_probs' or 'recompute' (how chunked entropies are computed)."})
+    policy_loss: Any = field(default="ppo_clip", metadata={"help": "Policy loss name or callable."})
+    policy_loss_kwargs: dict | None = field(default=None, metadata={"help": "Policy loss options (or schedules)."})
 
     def __post_init__(self):
+        self._take_trust_region_schedules()
         super().__post_init__()
         self.validate_grpo_custom_options()
+
+    def _take_trust_region_schedules(self) -> None:
+        """A schedule (``step -> float``) in ``epsilon``, ``epsilon_high`` or ``delta`` moves to
+        ``trust_region_schedules``; the field keeps its value at step 0, so TRL and Unsloth read a number.
+        An unset ``epsilon_high`` follows a scheduled ``epsilon``."""
+        schedules = {}
+        for name in ("epsilon", "epsilon_high", "delta"):
+            value = getattr(self, name)
+            if callable(value):
+                schedules[name] = value
+                setattr(self, name, float(value(0)))
+        if "epsilon" in schedules and self.epsilon_high is None:
+            schedules["epsilon_high"] = schedules["epsilon"]
+        self.trust_region_schedules = schedules
 
     def validate_grpo_custom_options(self) -> None:
         """Check grpo-custom's options; raises ``ValueError``/``TypeError`` naming the option."""
         from grpo_custom.algorithms.estimators import get_advantage_estimator, validate_estimator_options
         from grpo_custom.algorithms.regularizers import parse_regularizers
+        from grpo_custom.fork.hooks.policy import policy_loss_spec, resolve_estimator
 
         estimator = self.advantage_estimator
-        if isinstance(estimator, str):
+        if isinstance(estimator, dict):
+            resolve_estimator(self)  # a mix: checks its components, weights and per-component options
+        elif isinstance(estimator, str):
             get_advantage_estimator(estimator)
         elif not callable(estimator):
             raise TypeError(
@@ -91,7 +125,9 @@ class GRPOConfig(_TRLGRPOConfig):
             )
         if self.advantage_estimator_kwargs is not None and not isinstance(self.advantage_estimator_kwargs, dict):
             raise TypeError("advantage_estimator_kwargs must be a dict of estimator options.")
-        validate_estimator_options(estimator, dict(self.advantage_estimator_kwargs or {}))
+        if not isinstance(estimator, dict):
+            validate_estimator_options(estimator, dict(self.advantage_estimator_kwargs or {}))
+        policy_loss_spec(self)
         self.regularizer_specs = parse_regularizers(self.regularizers)
         if self.reward_schedule is not None:
             from grpo_custom.rewards.reward_schedule import RewardSchedule
@@ -101,7 +137,13 @@ class GRPOConfig(_TRLGRPOConfig):
                     f"reward_schedule must be a grpo_custom.RewardSchedule, got {type(self.reward_schedule).__name__}."
                 )
         _check_choice("reward_errors", self.reward_errors, REWARD_ERROR_POLICIES)
-        _check_choice("check_rewards", self.check_rewards, CHECK_REWARDS_MODES)
+        if isinstance(self.check_rewards, dict):
+            for reward_name, mode in self.check_rewards.items():
+                if not isinstance(reward_name, str):
+                    raise TypeError(f"check_rewards keys are reward function names (str), got {reward_name!r}.")
+                _check_choice(f"check_rewards[{reward_name!r}]", mode, CHECK_REWARDS_MODES)
+        else:
+            _check_choice("check_rewards", self.check_rewards, CHECK_REWARDS_MODES)
         _check_choice("task_normalization", self.task_normalization, TASK_NORMALIZATION_MODES)
         _check_choice("entropy_kernel", self.entropy_kernel, ENTROPY_KERNELS)
         needs_task_column = self.task_rewards is not None or self.task_normalization is not None or self.task_balance
@@ -122,7 +164,7 @@ class GRPOConfig(_TRLGRPOConfig):
     def __getstate__(self) -> dict:
         # Trainer saves its args with torch.save: keep checkpoints working with lambdas in the config.
         state = dict(self.__dict__)
-        for name in (*GRPO_CUSTOM_FIELDS, "regularizer_specs"):
+        for name in (*GRPO_CUSTOM_FIELDS, "regularizer_specs", "trust_region_schedules"):
             if name in state:
                 try:
                     pickle.dumps(state[name])
@@ -138,12 +180,15 @@ GRPO_CUSTOM_FIELDS = (
     "reward_schedule",
     "reward_errors",
     "check_rewards",
+    "resume_allow_config_change",
     "task_column",
     "task_rewards",
     "task_weights",
     "task_normalization",
     "task_balance",
     "entropy_kernel",
+    "policy_loss",
+    "policy_loss_kwargs",
 )
 
 

@@ -86,7 +86,7 @@ class SupportMatrix:
 
     @property
     def other_sets(self) -> tuple:
-        """Every supported set except the default (what CI's compat job runs)."""
+        """Every supported set except the default (what scripts/compat_check.sh runs)."""
         return tuple(s for s in self.sets if s.name != self.default_set_name)
 
     @property

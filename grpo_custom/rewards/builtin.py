@@ -103,6 +103,7 @@ def length_reward(target: float, shape: str = "neg_abs", scale: float = 1.0, uni
         return [math.exp(-d) for d in distances]
 
     length_reward.__doc__ = f"Length reward ({shape}, target {target} {unit}, scale {scale}); higher is better."
+    length_reward.higher_is_better = True  # declared for the start-up direction check
     return length_reward
 
 
@@ -124,6 +125,7 @@ def format_reward(pattern: str, flags: int = re.DOTALL, full_match: bool = True)
         return [1.0 if match(completion_text(c, i)) else 0.0 for i, c in enumerate(completions)]
 
     format_reward.__doc__ = f"1.0 if the completion {'fully ' if full_match else ''}matches {pattern!r}, else 0.0."
+    format_reward.higher_is_better = True  # declared for the start-up direction check
     return format_reward
 
 
@@ -217,4 +219,5 @@ def math_answer_reward(solution_column: str = "solution", tolerance: float = 1e-
             rewards.append(1.0 if answer is not None and abs(answer - reference) <= allowed else 0.0)
         return rewards
 
+    math_answer_reward.higher_is_better = True  # declared for the start-up direction check
     return math_answer_reward

@@ -10,7 +10,15 @@ repeated words, garbage, common answer formats) and reports:
   (``empty``, ``very_short``, ``far_short``, ``near``, ``far_long``, ``very_long``); flagged when
   ``ρ > 0.5`` *and* the mean reward of ``far_short`` and ``far_long`` exceeds that of ``near``.
   A reward unrelated to length (e.g. a format reward) has no such correlation and is not flagged;
-* a reward that is **constant** over all probes (zero advantages: no learning signal);
+* **direction without a target** (``target=None``): the reward of words of 0, 1, 2, 4, ..., 4096 units (the
+  "scale" probes). A valley (lowest at an interior length with at least three probes on each side;
+  Spearman ρ of reward against length ≤ −0.9 up to it and ≥ 0.9 from it on; both ends above it) is a
+  distance used as a reward: flagged. A peak (the mirror image) establishes the direction: ``"ok"``.
+  Anything else (no length dependence, a monotone preference, noise) leaves it ``"unchecked"``, never ``"ok"``.
+  A reward that declares ``fn.higher_is_better = True`` (the built-in rewards) is ``"declared"`` and not
+  probed for direction;
+* a reward that is **constant** over the probes it scores (at least three kinds; zero advantages: no
+  learning signal);
 * **non-finite** values, **non-numbers**, the **wrong number** of values, an **exception**.
 """
 from __future__ import annotations
@@ -27,12 +35,15 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from grpo_custom.rewards.guard import classify_reward_value
+from grpo_custom.rewards.guard import classify_reward_value, reward_values
 
 DEFAULT_TARGET = 20
 LENGTH_PROBES = ("empty", "very_short", "far_short", "near", "far_long", "very_long")
-OTHER_PROBES = ("repeated", "garbage", "think_answer", "boxed_answer")  # + "column_answer" when columns are given
+OTHER_PROBES = ("repeated", "garbage", "think_answer", "boxed_answer")  # + "column:<name>" per dataset column
 DIRECTION_RHO_THRESHOLD = 0.5
+SCALE_LENGTHS = (0,) + tuple(2 ** k for k in range(15))  # 0, 1, 2, 4, ..., 16384 units
+SCALE_RHO_THRESHOLD = 0.9
+DIRECTIONS = ("ok", "wrong", "declared", "unchecked")
 DIRECTION_FIX = "GRPO maximizes reward: use -|d|, 1/(1+|d|) or exp(-k|d|) with d = length - target"
 _WORDS = ("the", "answer", "is", "a", "small", "number", "because", "we", "add", "two", "and", "three", "so", "it")
 _GARBAGE_CHARS = string.punctuation + "".join(chr(c) for c in range(0xA1, 0x180))
@@ -52,6 +63,9 @@ class RewardCheckReport:
         unit: ``"chars"`` or ``"tokens"``.
         distance_correlation: Spearman ρ between ``|length - target|`` and reward over the length
             probes (NaN when undefined, e.g. constant rewards).
+        direction: ``"ok"`` (established: the reward peaks at a length, or at ``target``), ``"wrong"`` (it
+            rises with the distance to a length), ``"declared"`` (``fn.higher_is_better``) or ``"unchecked"``
+            (could not be established: no length dependence, monotone, NaN).
     """
 
     name: str
@@ -62,10 +76,11 @@ class RewardCheckReport:
     target: int = DEFAULT_TARGET
     unit: str = "chars"
     distance_correlation: float = math.nan
+    direction: str = "unchecked"
 
     def __str__(self) -> str:
         lines = [
-            f"Reward check of {self.name!r}: {'OK' if self.ok else 'PROBLEMS FOUND'} "
+            f"Reward check of {self.name!r}: {'OK' if self.ok else 'PROBLEMS FOUND'}, direction {self.direction} "
             f"(target {self.target} {self.unit}, Spearman rho(|length - target|, reward) = "
             f"{self.distance_correlation:+.2f})"
         ]
@@ -207,6 +222,31 @@ def _probe_texts(target: int, unit: str, rng: random.Random) -> dict[str, str]:
     return texts
 
 
+def _scale_direction(rewards: Sequence[float]) -> tuple[str, int]:
+    """Direction from the mean rewards of the scale probes (:data:`SCALE_LENGTHS` order).
+
+    Returns ``("wrong", k)`` for a valley at index k, ``("ok", k)`` for a peak at k, else ``("unchecked", -1)``.
+    """
+    values = np.asarray(rewards, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return "unchecked", -1
+    spread = float(values.max() - values.min())
+    if spread <= 1e-9 * max(1.0, float(np.abs(values).max())):
+        return "unchecked", -1
+    indices = np.arange(len(values), dtype=np.float64)
+    for verdict, extreme, sign in (("wrong", int(values.argmin()), 1.0), ("ok", int(values.argmax()), -1.0)):
+        if not 2 <= extreme <= len(values) - 3:  # at least three probes on each side
+            continue
+        # sign = 1 (valley): falling up to the extreme, rising after it; sign = -1 (peak): the mirror image
+        left = spearman_correlation(indices[: extreme + 1], values[: extreme + 1])
+        right = spearman_correlation(indices[extreme:], values[extreme:])
+        ends = sign * (values[[0, -1]] - values[extreme])  # > 0: both ends above a valley / below a peak
+        if (-sign * left >= SCALE_RHO_THRESHOLD and sign * right >= SCALE_RHO_THRESHOLD
+                and (ends > 1e-9 * spread).all()):
+            return verdict, extreme
+    return "unchecked", -1
+
+
 def _synthetic_ids(text: str, unit: str) -> list[int]:
     """Fake token ids whose count is the text's length in ``unit`` (one per char, or one per space-separated piece)."""
     pieces = text if unit == "chars" else text.split()
@@ -248,8 +288,8 @@ def check_reward(
         prompts: prompts to pair with the probes (strings, or lists of messages for
             conversational data: probes then become ``[{"role": "assistant", "content": ...}]``);
             default one plain prompt. Sample ``j`` of each probe uses ``prompts[j % len(prompts)]``.
-        target: target length in ``unit`` for the length probes (>= 3); default
-            :data:`DEFAULT_TARGET`.
+        target: target length in ``unit`` for the length probes (>= 3). Default: the probes use
+            :data:`DEFAULT_TARGET` and the direction is established without a target, by the scale probes.
         unit: ``"chars"`` or ``"tokens"``; ``completion_ids`` hold one fake id per char, or per
             space-separated word (the probes' "tokens").
         n_samples: random variants of each probe (the reward per probe is their mean).
@@ -258,6 +298,8 @@ def check_reward(
             ``{"solution": ["42"]}``), repeated like the prompts.
     """
     name = getattr(fn, "__name__", type(fn).__name__)
+    declared = getattr(fn, "higher_is_better", None) is True
+    probe_scales = target is None and not declared
     if unit not in ("chars", "tokens"):
         raise ValueError(f"check_reward unit must be 'chars' or 'tokens', got {unit!r}.")
     target = DEFAULT_TARGET if target is None else target
@@ -276,12 +318,16 @@ def check_reward(
 
     rng = random.Random(seed)
     samples = [_probe_texts(target, unit, rng) for _ in range(n_samples)]
-    if columns:
-        # A completion that states the sample's column values (e.g. its reference solution), so a reward
-        # that compares against a column (math answers, tests) can score something other than "wrong".
-        for j, sample in enumerate(samples):
-            stated = " ".join(str(values[j % len(prompts)]) for values in columns.values())
-            sample["column_answer"] = f"The answer is {stated}. \\boxed{{{stated}}}"
+    for j, sample in enumerate(samples):
+        # Per dataset column, a completion that states that column's value of the (real) row, e.g. its reference
+        # solution, so a reward that compares against a column can score something other than "wrong".
+        for column, values in columns.items():
+            stated = str(values[j % len(prompts)])
+            sample[f"column:{column}"] = f"The answer is {stated}. \\boxed{{{stated}}}"
+        if probe_scales:
+            word_rng = random.Random(seed * 1000 + j)
+            for length in SCALE_LENGTHS:
+                sample[f"scale_{length}"] = _sized_text(lambda: word_rng.choice(_WORDS), length, unit)
     probes = list(samples[0])
     batch = [(probe, j, samples[j][probe]) for probe in probes for j in range(n_samples)]
     arguments = {
@@ -298,18 +344,17 @@ def check_reward(
     }
     lengths = {probe: _length_in_unit(samples[0][probe], unit) for probe in probes}
 
-    def report(problems: list[str], rewards: dict[str, float], rho: float = math.nan) -> RewardCheckReport:
-        return RewardCheckReport(name, not problems, problems, rewards, lengths, target, unit, rho)
+    def report(problems: list[str], rewards: dict[str, float], rho: float = math.nan,
+               direction: str = "unchecked") -> RewardCheckReport:
+        return RewardCheckReport(name, not problems, problems, rewards, lengths, target, unit, rho,
+                                 "declared" if declared else direction)
 
     try:
         output = _call(fn, arguments)
     except Exception as error:  # noqa: BLE001 - reported, the check's purpose
         return report([f"{name!r} raised {type(error).__name__}: {error}. A reward function must score any "
                        "completion; return None for one it cannot score."], {})
-    try:
-        values = list(output)
-    except TypeError:
-        values = None
+    values = reward_values(output)
     if values is None or len(values) != len(batch):
         got = f"{len(values)} values" if values is not None else f"a {type(output).__name__}"
         return report([f"{name!r} returned {got} for {len(batch)} completions; return a list with one "
@@ -333,9 +378,10 @@ def check_reward(
     rewards = {probe: float(np.mean(scores)) if scores else math.nan for probe, scores in by_probe.items()}
 
     scored = [score for scores in by_probe.values() for score in scores]
+    scored_probes = sum(1 for scores in by_probe.values() if scores)
     if not scored and not bad["non_number"] and not bad["non_finite"]:
         problems.append(f"{name!r} returned None (cannot score) for every probe; check its inputs (columns?).")
-    elif scored and max(scored) - min(scored) <= 1e-9 * max(1.0, abs(scored[0])):
+    elif scored_probes >= 3 and max(scored) - min(scored) <= 1e-9 * max(1.0, abs(scored[0])):
         problems.append(f"{name!r} returns the same value {scored[0]:.6g} for every probe: GRPO advantages "
                         "(reward minus group mean) are then zero and it gives no learning signal.")
 
@@ -343,10 +389,25 @@ def check_reward(
     distances = np.array([abs(lengths[probe] - target) for probe in LENGTH_PROBES], dtype=np.float64)
     rho = spearman_correlation(distances, length_rewards) if np.isfinite(length_rewards).all() else math.nan
     far = (rewards["far_short"] + rewards["far_long"]) / 2
+    direction = "unchecked"
+    if declared:
+        return report(problems, rewards, rho)
     if rho > DIRECTION_RHO_THRESHOLD and far > rewards["near"]:
+        direction = "wrong"
         problems.append(
             f"{name!r} prefers completions far from the target length {target} {unit}: reward rises with "
             f"|length - target| (Spearman rho {rho:+.2f}; near {rewards['near']:.4g} < far {far:.4g}). "
             f"{DIRECTION_FIX}."
         )
-    return report(problems, rewards, rho)
+    elif not probe_scales and rho < -DIRECTION_RHO_THRESHOLD and far < rewards["near"]:
+        direction = "ok"
+    if probe_scales:
+        verdict, at = _scale_direction([rewards[f"scale_{length}"] for length in SCALE_LENGTHS])
+        if verdict == "wrong" and direction != "wrong":
+            problems.append(
+                f"{name!r} prefers completions far from the target length (found without a target: its reward is "
+                f"lowest at {SCALE_LENGTHS[at]} {unit} and rises for shorter and longer completions, probed at "
+                f"0, 1, 2, 4, ..., {SCALE_LENGTHS[-1]} {unit}). {DIRECTION_FIX}."
+            )
+        direction = "wrong" if "wrong" in (verdict, direction) else verdict
+    return report(problems, rewards, rho, direction)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 POLICIES = ("raise", "nan")
-BAD_KINDS = ("exception", "wrong_length", "non_number", "non_finite")
+BAD_KINDS = ("exception", "not_a_sequence", "wrong_length", "non_number", "non_finite")
 
 
 class RewardFunctionError(ValueError):
@@ -65,6 +65,20 @@ def classify_reward_value(value: Any) -> tuple[float | None, str | None]:
     return number, None
 
 
+def reward_values(output: Any) -> list | None:
+    """The values of a reward function's output as a list, or None when the output is not a sequence of values.
+
+    A sequence is a ``list``, ``tuple``, 1-D ``numpy`` array or 1-D ``torch`` tensor (one value per completion).
+    Anything else is refused rather than reinterpreted: a ``dict`` (``list(d)`` would be its keys), a string
+    (its characters), a set (no order), a generator, a scalar, an array of another shape.
+    """
+    if isinstance(output, (list, tuple)):
+        return list(output)
+    if isinstance(output, (np.ndarray, torch.Tensor)):
+        return list(output) if output.ndim == 1 else None
+    return None
+
+
 def _describe(value: Any) -> str:
     """A short description of a bad value for error messages (type, shape for arrays, repr)."""
     if isinstance(value, (torch.Tensor, np.ndarray)):
@@ -79,6 +93,7 @@ def guard_reward_function(
     policy: str = "raise",
     on_bad: Callable[[str, dict[str, int]], None] | None = None,
     reraise: tuple[type[Exception], ...] = (),
+    extra_kwargs: Callable[[], dict[str, Any]] | None = None,
 ) -> Callable:
     """Wrap a TRL reward function so that bad outputs raise (``"raise"``) or become ``None`` (``"nan"``).
 
@@ -86,9 +101,10 @@ def guard_reward_function(
     returns ``list[float | None]`` (numbers converted to ``float``), is ``async`` when ``fn`` is,
     and is named ``name`` (TRL logs rewards under ``rewards/<__name__>``).
 
-    Problems detected per call: ``fn`` raises (``"exception"``); the number of values differs from
-    ``len(prompts)`` or the output is not a sequence (``"wrong_length"``); a value is not a number
-    (``"non_number"``); a value is NaN or ±inf (``"non_finite"``).
+    Problems detected per call: ``fn`` raises (``"exception"``); the output is not a sequence of values
+    (:func:`reward_values`: e.g. a dict, a string, a generator; ``"not_a_sequence"``); the number of values
+    differs from ``len(prompts)`` (``"wrong_length"``); a value is not a number (``"non_number"``); a value is
+    NaN or ±inf (``"non_finite"``).
 
     Args:
         fn: the reward function (sync or async).
@@ -100,6 +116,9 @@ def guard_reward_function(
             ``counts`` maps each kind of :data:`BAD_KINDS` to the number of samples it made ``None``.
         reraise: exception types that propagate unchanged under both policies: configuration errors
             (e.g. :class:`grpo_custom.rewards.tasks.TaskRoutingError`, a sample of an unknown task), not bad rewards.
+        extra_kwargs: ``extra_kwargs()`` is called per call; its items are passed to ``fn`` as keyword
+            arguments under names the call's own keyword arguments (TRL's dataset columns) do not use: a dataset
+            column is never overwritten. The caller's kwargs dict is not modified.
 
     Returns:
         The wrapper; ``wrapper.bad_counts`` holds the cumulative per-kind sample counts (updated
@@ -113,6 +132,11 @@ def guard_reward_function(
         raise ValueError(f"A guarded reward function needs a non-empty string name, got {name!r}.")
     if not isinstance(reraise, tuple) or not all(isinstance(t, type) and issubclass(t, Exception) for t in reraise):
         raise TypeError(f"reraise must be a tuple of exception classes, got {reraise!r}.")
+
+    def call_kwargs(kwargs: dict) -> dict:
+        if extra_kwargs is None:
+            return kwargs
+        return {**{key: value for key, value in extra_kwargs().items() if key not in kwargs}, **kwargs}
 
     def report(counts: dict[str, int]) -> None:
         for kind, count in counts.items():
@@ -137,18 +161,15 @@ def guard_reward_function(
 
     def validate(output: Any, num_samples: int) -> list[float | None]:
         counts = dict.fromkeys(BAD_KINDS, 0)
-        try:
-            values = list(output)
-        except TypeError:
-            values = None
+        values = reward_values(output)
         if values is None or len(values) != num_samples:
-            counts["wrong_length"] = num_samples
+            counts["not_a_sequence" if values is None else "wrong_length"] = num_samples
             report(counts)
             got = f"{len(values)} values" if values is not None else f"a non-sequence {_describe(output)}"
             if policy == "raise":
                 raise RewardFunctionError(
                     f"Reward function {name!r} returned {got} for {num_samples} completions; "
-                    "it must return one value per completion."
+                    "it must return a list (or 1-D array) with one value per completion."
                 )
             return [None] * num_samples
         rewards: list[float | None] = []
@@ -170,7 +191,8 @@ def guard_reward_function(
 
         async def wrapper(prompts, completions, completion_ids=None, **kwargs):
             try:
-                output = await fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+                output = await fn(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                                  **call_kwargs(kwargs))
             except Exception as error:  # noqa: BLE001 - reported per policy, chained when raised
                 return on_exception(error, len(prompts))
             return validate(output, len(prompts))
@@ -179,7 +201,7 @@ def guard_reward_function(
 
         def wrapper(prompts, completions, completion_ids=None, **kwargs):
             try:
-                output = fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+                output = fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **call_kwargs(kwargs))
             except Exception as error:  # noqa: BLE001 - reported per policy, chained when raised
                 return on_exception(error, len(prompts))
             return validate(output, len(prompts))

@@ -20,11 +20,13 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from grpo_custom.rewards.model_isolation import _unpatched_construction, isolate_from_unsloth
+from grpo_custom.rewards.reward_model_stats import position_limit, rows_of_all_processes
 from grpo_custom.rewards.tasks.moments import RunningMoments
 
 logger = logging.getLogger(__name__)
 
 NORMALIZE_EPS = 1e-4
+DEFAULT_MAX_LENGTH = 1024
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -149,21 +151,31 @@ class RewardModelReward:
     Higher is better (the sign TRL uses for model rewards). Text per sample: for conversational data
     (lists of ``{"role", "content"}``) the messages ``prompt + completion`` through the reward
     tokenizer's chat template (``tokenize=False``), or ``"role: content"`` lines when it has none; for
-    plain data ``prompt + completion``. Tokenized without special tokens (as TRL does), truncated to
-    ``max_length`` on the tokenizer's ``truncation_side`` (count in :attr:`last_truncated` and a
-    warning), right-padded, scored in batches of ``batch_size`` under ``torch.no_grad()`` in eval mode.
+    plain data ``prompt + completion``. Tokenized without special tokens (as TRL does), right-padded, scored
+    in batches of ``batch_size`` under ``torch.no_grad()`` in eval mode.
+
+    Truncation: a text longer than ``max_length`` tokens keeps its **last** ``max_length`` tokens, whatever the
+    tokenizer's ``truncation_side``: the prompt is cut from the left and the completion is kept whole. A
+    completion longer than ``max_length`` by itself keeps its last ``max_length`` tokens (no prompt at all):
+    the end, where a classifier reads its score and answers are. Counts: :attr:`last_truncated` (texts cut),
+    :attr:`last_completion_truncated` (texts whose completion was cut), a warning, and the metrics
+    ``reward_model/<name>/truncated_frac`` and ``/completion_truncated_frac`` through TRL's ``log_metric``.
+    ``max_length`` above the model's ``max_position_embeddings`` is an error at construction.
 
     Normalization: ``"batch"``: ŝ = (s − mean) / (std + 1e-4) over the call (Bessel std);
     ``"running"``: ŝ = (s − μ) / (σ + 1e-4) with :class:`~grpo_custom.rewards.tasks.RunningMoments` over all
-    calls, updated with this call's scores first (state in :meth:`state_dict`). The model is isolated
-    from Unsloth's patching (see the module docstring).
+    calls, updated with this call's scores first (state in :meth:`state_dict`). In a ``torch.distributed``
+    run (DDP) both use the scores of the whole batch across processes (gathered in rank order), so every
+    process normalizes alike and holds the same running statistics. The model is isolated from Unsloth's
+    patching (see the module docstring).
 
     Args:
         model_or_path: a checkpoint path (loaded with ``AutoModelForSequenceClassification`` and
             ``AutoTokenizer``) or a model instance (then ``tokenizer`` is required).
         tokenizer: the reward model's tokenizer (overrides the checkpoint's).
         batch_size: sequences per forward.
-        max_length: longest tokenized text kept.
+        max_length: longest tokenized text kept, at most the model's ``max_position_embeddings``; default
+            the smaller of 1024 and that limit.
         device: where to score; default: a path loads onto CUDA if available else CPU, an instance
             stays where it is.
         torch_dtype: dtype to load a path in (``None``: the checkpoint's).
@@ -182,7 +194,7 @@ class RewardModelReward:
         tokenizer: Any = None,
         *,
         batch_size: int = 8,
-        max_length: int = 1024,
+        max_length: int | None = None,
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
         load_in_4bit: bool = False,
@@ -190,7 +202,7 @@ class RewardModelReward:
         offload_to_cpu: bool = False,
         name: str | None = None,
     ):
-        for option, value in (("batch_size", batch_size), ("max_length", max_length)):
+        for option, value in (("batch_size", batch_size), ("max_length", 1 if max_length is None else max_length)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RewardModelReward: {option} must be a positive int, got {value!r}.")
         if normalize not in self.NORMALIZE_MODES:
@@ -238,6 +250,14 @@ class RewardModelReward:
 
         _reject_other_transformers_heads(model)
         _check_padding(model, tokenizer)
+        limit = position_limit(model)
+        if max_length is None:
+            max_length = DEFAULT_MAX_LENGTH if limit is None else min(DEFAULT_MAX_LENGTH, limit)
+        elif limit is not None and max_length > limit:
+            raise ValueError(
+                f"RewardModelReward: max_length={max_length} exceeds the reward model's position limit "
+                f"(config max_position_embeddings={limit}); pass max_length <= {limit}."
+            )
         if not load_in_4bit:
             model.to(self.device)
         self.model = isolate_from_unsloth(model).eval()
@@ -251,6 +271,7 @@ class RewardModelReward:
         self.offload_to_cpu = offload_to_cpu
         self.moments = RunningMoments() if normalize == "running" else None
         self.last_truncated = 0
+        self.last_completion_truncated = 0
         self.__name__ = name or "reward_model"
         self._forward_kwargs = {"use_cache": False} if isinstance(model, PreTrainedModel) else {}
 
@@ -276,16 +297,20 @@ class RewardModelReward:
                 )
         return texts
 
-    def _token_ids(self, texts: list[str]) -> list[list[int]]:
-        """Tokenize without special tokens, truncate to ``max_length``; sets :attr:`last_truncated`."""
+    def _token_ids(self, texts: list[str], completion_texts: list[str] | None = None) -> list[list[int]]:
+        """Tokenize without special tokens, keep the last ``max_length`` tokens; sets :attr:`last_truncated`
+        and, given the completions' texts, :attr:`last_completion_truncated`."""
         token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        keep_end = getattr(self.tokenizer, "truncation_side", "right") == "left"
-        truncated = 0
+        truncated = completion_truncated = 0
         for index, ids in enumerate(token_ids):
             if len(ids) > self.max_length:
                 truncated += 1
-                token_ids[index] = ids[-self.max_length :] if keep_end else ids[: self.max_length]
+                token_ids[index] = ids[-self.max_length :]
+                if completion_texts is not None:
+                    completion_length = len(self.tokenizer(completion_texts[index], add_special_tokens=False)["input_ids"])
+                    completion_truncated += completion_length > self.max_length
         self.last_truncated = truncated
+        self.last_completion_truncated = completion_truncated
         if truncated:
             logger.warning(
                 "%s: truncated %d of %d texts to max_length=%d tokens.",
@@ -296,9 +321,9 @@ class RewardModelReward:
             )
         return token_ids
 
-    def score_texts(self, texts: list[str]) -> torch.Tensor:
+    def score_texts(self, texts: list[str], completion_texts: list[str] | None = None) -> torch.Tensor:
         """Raw scores ``logits[:, 0]`` for ready-made texts, float64 on CPU, [len(texts)]."""
-        token_ids = self._token_ids(list(texts))
+        token_ids = self._token_ids(list(texts), completion_texts)
         order = sorted(range(len(token_ids)), key=lambda index: -len(token_ids[index]))  # less padding per batch
         scores = torch.empty(len(token_ids), dtype=torch.float64)
         pad_id = self.tokenizer.pad_token_id
@@ -337,12 +362,26 @@ class RewardModelReward:
         self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any
     ) -> list[float]:
         """TRL reward function: one (optionally normalized) score per completion."""
-        scores = self.score_texts(self.texts(prompts, completions))  # [N]
-        if self.normalize == "batch":
-            scores = _batch_z_score(scores)
-        elif self.normalize == "running":
-            self.moments.update(scores)
-            scores = (scores - self.moments.mean) / (self.moments.std + NORMALIZE_EPS)
+        completion_texts = [
+            "\n".join(str(message.get("content", "")) for message in completion) if _is_messages(completion)
+            else str(completion) for completion in completions
+        ]
+        scores = self.score_texts(self.texts(prompts, completions), completion_texts)  # [N]
+        log_metric = kwargs.get("log_metric")
+        if self.normalize is not None or callable(log_metric):
+            n = len(scores)
+            counts = torch.tensor([self.last_truncated, self.last_completion_truncated, n], dtype=scores.dtype)
+            rows, rank = rows_of_all_processes(torch.cat([scores, counts]))  # [P, n + 3]
+            all_scores, totals = rows[:, :n].reshape(-1), rows[:, n:].sum(0)  # [P·n], [3]
+            mine = slice(rank * n, (rank + 1) * n)
+            if callable(log_metric):
+                log_metric(f"reward_model/{self.__name__}/truncated_frac", float(totals[0] / totals[2]))
+                log_metric(f"reward_model/{self.__name__}/completion_truncated_frac", float(totals[1] / totals[2]))
+            if self.normalize == "batch":
+                scores = _batch_z_score(all_scores)[mine]
+            elif self.normalize == "running":
+                self.moments.update(all_scores)
+                scores = ((all_scores - self.moments.mean) / (self.moments.std + NORMALIZE_EPS))[mine]
         return scores.tolist()
 
     def state_dict(self) -> dict:

@@ -1,11 +1,11 @@
-"""A pure-torch stand-in for TRL 1.15's Triton log-prob kernel, so GRPO runs on a CPU.
+"""A pure-torch stand-in for TRL's log-prob kernel where the installed TRL has no CPU path (trl 1.15).
 
-TRL 1.15 computes per-token log-probs through ``add_fused_lm_head``, whose inner kernel
-(``trl.trainer.utils._ChunkedLogProbFunction``) is Triton-only: on a machine without a GPU it
-fails ("0 active drivers") or is missing. :func:`use_torch_logprob_kernel` swaps in
-:class:`TorchChunkedLogProb`, which computes the same outputs with plain torch ops (autograd does
-the backward). It is explicit and reversible (the returned handle's ``revert()``), and is used by
-the demo and tests on CPU. On a CUDA machine nothing needs it.
+TRL computes per-token log-probs through ``add_fused_lm_head``, whose inner kernel
+(``trl.trainer.utils._ChunkedLogProbFunction``) is Triton-only in trl 1.15: on a machine without a GPU
+it fails ("0 active drivers") or is missing; trl 1.16 folds its tiles with torch ops there itself.
+:func:`use_torch_logprob_kernel` asks the installed kernel (:func:`trl_kernel_runs_here`) and swaps in
+:class:`TorchChunkedLogProb` only when it cannot run; it is explicit and reversible (the returned
+handle's ``revert()``), and is used by the demo and tests on CPU. On a CUDA machine nothing needs it.
 """
 from __future__ import annotations
 
@@ -64,11 +64,14 @@ def _token_statistics(z: torch.Tensor, targets: torch.Tensor, outputs) -> tuple:
 
 
 class KernelSwap:
-    """Handle returned by :func:`use_torch_logprob_kernel`; ``revert()`` restores TRL's kernel."""
+    """Handle returned by :func:`use_torch_logprob_kernel`; ``revert()`` restores TRL's kernel.
 
-    def __init__(self, previous):
+    ``active`` is False when nothing was swapped (TRL's own kernel runs here).
+    """
+
+    def __init__(self, previous, active: bool = True):
         self._previous = previous
-        self.active = True
+        self.active = active
 
     def revert(self) -> None:
         """Put TRL's own kernel back."""
@@ -85,11 +88,36 @@ class KernelSwap:
         self.revert()
 
 
+def trl_kernel_runs_here(device: str = "cpu") -> bool:
+    """Whether the installed TRL's own ``_ChunkedLogProbFunction`` runs on ``device``, asked by running it.
+
+    One call on a 2-token, 3-word problem; True when it returns the exact log-softmax values. trl 1.15 on
+    a CPU: False (its Triton kernel finds no driver, or Triton is absent); trl 1.16: True (torch path).
+    """
+    import trl.trainer.utils as trl_utils
+
+    kernel = trl_utils._ChunkedLogProbFunction
+    if kernel is None or kernel is TorchChunkedLogProb:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(2, 4, generator=generator), torch.randn(3, 4, generator=generator)
+    targets = torch.tensor([0, 2])
+    try:
+        log_probs = kernel.apply(hidden.to(device), weight.to(device), None, targets.to(device), 1.0, 3)[0]
+    except Exception:  # noqa: BLE001  (the answer is "no": Triton without a driver raises RuntimeError, others vary)
+        return False
+    expected = torch.log_softmax(hidden @ weight.t(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return bool(torch.allclose(log_probs.float().cpu(), expected, atol=1e-5))
+
+
 def use_torch_logprob_kernel() -> KernelSwap:
-    """Make TRL's fused LM head compute log-probs with :class:`TorchChunkedLogProb` (needed on CPU)."""
+    """Make TRL's fused LM head compute log-probs with :class:`TorchChunkedLogProb` where TRL's own kernel
+    cannot run on a CPU (:func:`trl_kernel_runs_here`); otherwise leave TRL's kernel (an inactive handle)."""
     import trl.trainer.utils as trl_utils
 
     previous = trl_utils._ChunkedLogProbFunction
+    if trl_kernel_runs_here("cpu"):
+        return KernelSwap(previous, active=False)
     trl_utils._ChunkedLogProbFunction = TorchChunkedLogProb
     return KernelSwap(previous)
 

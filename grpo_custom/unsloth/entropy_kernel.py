@@ -140,10 +140,7 @@ class ChunkedLogProbsAndEntropy(torch.autograd.Function):
         matmul_dtype = ctx.matmul_dtype
         head = lm_head if lm_head.dtype == matmul_dtype else lm_head.to(matmul_dtype)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_head = None
-        if need_head:
-            grad_head = torch.zeros(lm_head.shape, device=device,
-                                    dtype=matmul_dtype if lm_head.dtype == matmul_dtype else torch.float32)
+        grad_head = torch.zeros(lm_head.shape, device=device, dtype=torch.float32) if need_head else None
         grad_bias = torch.zeros(lm_head_bias.shape, dtype=torch.float32, device=device) if need_bias else None
         for chunk, (start, end) in enumerate(zip(ctx.bounds[:-1], ctx.bounds[1:])):
             log_p = kept_log_probs[chunk]
@@ -158,13 +155,10 @@ class ChunkedLogProbsAndEntropy(torch.autograd.Function):
             del log_p
             grad_z = grad_z.to(matmul_dtype)
             if need_hidden:
-                grad_hidden[start:end] = (grad_z @ head).to(device=hidden.device, dtype=hidden.dtype)
+                grad_hidden[start:end] = _mm_float32_out(grad_z, head).to(device=hidden.device, dtype=hidden.dtype)
             if need_head:
                 rows = hidden[start:end].to(device=device, dtype=matmul_dtype)
-                if grad_head.dtype == matmul_dtype:
-                    grad_head.addmm_(grad_z.t(), rows)
-                else:
-                    grad_head.add_(grad_z.t() @ rows)
+                grad_head.add_(_mm_float32_out(grad_z.t(), rows))
             if need_bias:
                 grad_bias.add_(grad_z.to(torch.float32).sum(0))
             del grad_z
@@ -173,6 +167,18 @@ class ChunkedLogProbsAndEntropy(torch.autograd.Function):
         if need_bias:
             grad_bias = grad_bias.to(lm_head_bias.dtype)
         return grad_hidden, grad_head, grad_bias, None, None, None
+
+
+def _mm_float32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with a float32 result: 16-bit inputs' products are summed and returned in float32."""
+    if a.dtype == torch.float32:
+        return a @ b
+    if a.device.type == "cuda":
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+    return a.float() @ b.float()
 
 
 def chunk_bounds(n_rows: int, chunks: int, max_rows_per_chunk: int = 0) -> tuple[int, ...]:

@@ -1,19 +1,20 @@
-"""Which kernel computes entropies in Unsloth's chunked loss: grpo-custom's one-pass kernel where Unsloth's
-own log-prob path keeps its float32 chunk logits, Unsloth's recomputing kernel elsewhere (``entropy_kernel``)."""
+"""Which kernel computes entropies in Unsloth's chunked loss: grpo-custom's one-pass kernel where the installed
+Unsloth's own log-prob path keeps its float32 chunk logits, Unsloth's own entropy kernel elsewhere (``entropy_kernel``)."""
 from __future__ import annotations
 
 import contextvars
 import inspect
+import sys
 from dataclasses import dataclass
 
 import torch
 
+from grpo_custom.unsloth.decisions import SmallBatchRule, scorer_keeps_logits, small_batch_rule
 from grpo_custom.unsloth.entropy_kernel import LogitTransform, chunked_logps_and_entropies
 
 _entropy_plan: contextvars.ContextVar["EntropyKernelPlan | None"] = contextvars.ContextVar("grpo_custom_entropy_plan",
                                                                                           default=None)
-UNSLOTH_KEEPS_LOGITS_MAX_WIDTH = 1024  # unsloth_zoo 2026.10.7 efficient_log_softmax: keep chunk logits up to this
-UNSLOTH_KEEPS_LOGITS_MAX_MINIBATCHES = 8  # ... and up to this many mini-batches (or exactly one)
+_small_batch_rules: dict = {}  # generated module name -> SmallBatchRule read from its grpo_accumulated_loss
 
 
 @dataclass(frozen=True)
@@ -24,32 +25,37 @@ class EntropyKernelPlan:
         mode: ``"auto"``, ``"keep_log_probs"`` or ``"recompute"`` (the config's ``entropy_kernel``).
         total_rows: rows (completions) in this loss call.
         multiplier: Unsloth's log-softmax chunks per row (``unsloth_logit_chunk_multiplier`` or max(4, L // 4096)).
+        scorer_keeps_logits: the installed Unsloth's answer (:func:`grpo_custom.unsloth.decisions.scorer_keeps_logits`).
+        small_batch: Unsloth's padded-loop keep-or-offload bounds, read from its source.
     """
 
     mode: str
     total_rows: int
     multiplier: int
+    scorer_keeps_logits: bool
+    small_batch: SmallBatchRule
 
 
 def keeps_log_probs(plan: EntropyKernelPlan, rows: int, width: int, chunks: int) -> bool:
     """Whether an entropy call of ``rows`` × ``width`` tokens split in ``chunks`` keeps float32 log-probs.
 
-    ``auto`` keeps them exactly where Unsloth's own log-prob path (without entropy) keeps its float32
-    chunk logits until the backward, so the entropy costs no more memory than Unsloth's loss does: the
-    packed-sequence call (one row of all tokens, ``total_rows · multiplier`` chunks), and padded
-    mini-batches when there is one, or when there are at most 8 of width ≤ 1024. Elsewhere Unsloth
-    offloads and recomputes, and so does the entropy (Unsloth's recomputing kernel).
+    ``auto`` keeps them exactly where the installed Unsloth's own log-prob path (without entropy) keeps
+    its float32 chunk logits until the backward, so the entropy costs no more memory than Unsloth's loss
+    does (benchmarks/bench_loss.py measures both kernels side by side): only while Unsloth's scorer keeps
+    logits at all (``grpo_scorer_keeps_logits()``; from unsloth_zoo 2026.10.9 its fused-linear kernel keeps
+    none by default, and then Unsloth's own entropy kernel runs), and then for the packed-sequence call
+    (one row of all tokens, ``total_rows · multiplier`` chunks) and for the padded mini-batches Unsloth's
+    small-batch rule keeps (one mini-batch, or few and narrow ones: bounds read from its source).
+    Elsewhere Unsloth offloads or recomputes, and so does the entropy (Unsloth's own kernel).
     """
     if plan.mode == "keep_log_probs":
         return True
-    if plan.mode == "recompute":
+    if plan.mode == "recompute" or not plan.scorer_keeps_logits:
         return False
     packed_call = rows == 1 and plan.total_rows > 1 and chunks == plan.total_rows * plan.multiplier
     if packed_call:
         return True
-    minibatches = -(-plan.total_rows // max(rows, 1))
-    return minibatches == 1 or (width <= UNSLOTH_KEEPS_LOGITS_MAX_WIDTH
-                                and minibatches <= UNSLOTH_KEEPS_LOGITS_MAX_MINIBATCHES)
+    return plan.small_batch.keeps(width, -(-plan.total_rows // max(rows, 1)))
 
 
 def entropy_plan_for(trainer, input_ids: torch.Tensor) -> EntropyKernelPlan:
@@ -59,7 +65,12 @@ def entropy_plan_for(trainer, input_ids: torch.Tensor) -> EntropyKernelPlan:
     multiplier = getattr(args, "unsloth_logit_chunk_multiplier", None)
     if multiplier is None:
         multiplier = max(4, int(input_ids.shape[1]) // 4096)
-    return EntropyKernelPlan(mode=mode, total_rows=int(input_ids.shape[0]), multiplier=int(multiplier))
+    module = type(trainer).__module__
+    if module not in _small_batch_rules:
+        _small_batch_rules[module] = small_batch_rule(sys.modules[module].grpo_accumulated_loss)
+    return EntropyKernelPlan(mode=mode, total_rows=int(input_ids.shape[0]), multiplier=int(multiplier),
+                             scorer_keeps_logits=scorer_keeps_logits() if mode == "auto" else True,
+                             small_batch=_small_batch_rules[module])
 
 
 def make_entropy_log_softmax(original):

@@ -12,7 +12,7 @@ gradient, so a term must be *inside* ``grpo_compute_loss`` to train (GUIDE §3.5
   scheduled coefficient never recompiles anything) and passes the loss-placed, log-prob-based
   regularizers down to ``grpo_compute_loss`` through its kwargs;
 - ``grpo_compute_loss`` → a wrapper that adds Σ coef · term to Unsloth's loss, each term weighted
-  exactly like Unsloth aggregates its own per-token loss (:func:`token_weights_like_unsloth`);
+  exactly like Unsloth aggregates its own per-token loss (weights asked from Unsloth: :mod:`grpo_custom.unsloth.decisions`);
   it runs inside Unsloth's ``torch.compile(fullgraph=True)`` region, so it is pure tensor math;
 - ``UnslothEfficientGRPO`` → the same class whose ``apply`` first logs the terms' metrics, eagerly;
 - ``grpo_compute_loss_slow`` (Unsloth's non-chunked fallback) → the same log-prob terms; entropy terms raise;
@@ -26,20 +26,25 @@ log-probs kept per chunk) whenever Unsloth's own log-prob path would keep its ch
 that batch, and Unsloth's recomputing kernel otherwise (see :mod:`grpo_custom.unsloth.entropy_plan`; the
 ``entropy_kernel`` option overrides). The entropy enters through Unsloth's
 ``UnslothGRPOEntropyBonus``: during the call, ``unsloth_zoo.rl_replacements.grpo_entropy_bonus_weights``
-returns TRL's ``entropy_coef`` weights plus ours. :func:`remove_loss_terms` undoes the rebinding.
+returns TRL's ``entropy_coef`` weights plus ours. Token weights, the keep-or-offload choice and the scorer
+are asked from the installed Unsloth (:mod:`grpo_custom.unsloth.decisions`), never restated here.
+:func:`remove_loss_terms` undoes the rebinding.
 """
 from __future__ import annotations
 
 import contextvars
+import sys
 from dataclasses import dataclass, field
 
 import torch
 
-from grpo_custom.algorithms.loss_aggregation import token_weights_like_unsloth
 from grpo_custom.algorithms.regularizers import RegularizerInputs
 from grpo_custom.algorithms.token_layout import completion_to_window
 from grpo_custom.fork.hooks.loss import parameter_regularizer_loss
+from grpo_custom.unsloth import trl_metrics
+from grpo_custom.unsloth.decisions import chunked_token_weights, token_weights
 from grpo_custom.unsloth.entropy_plan import _entropy_plan, entropy_plan_for, make_entropy_log_softmax
+from grpo_custom.unsloth.policy_term import POLICY_KEY, PolicyStep, PolicyTerm, _policy_step, policy_loss_value
 
 TERMS_KEY = "grpo_custom_terms"
 _current_step: contextvars.ContextVar["FastLossStep | None"] = contextvars.ContextVar("grpo_custom_fast_loss",
@@ -57,6 +62,8 @@ class FastLossStep:
     metrics: dict = field(default_factory=dict)
     entropy_token_weights: torch.Tensor | None = None  # [B, T] loss-type weights of the entropy terms
     entropy_accumulation: float = 1.0  # the accumulation divisor inside those weights (undone for logging)
+    compute_loss: object = None  # Unsloth's own grpo_compute_loss (asked for token weights)
+    n_chunks: int = 1  # row chunks of this call's UnslothEfficientGRPO (the token weights follow them)
 
     def record(self, spec, metrics: dict) -> None:
         """Accumulate a chunk's metrics (averaged over chunks when logged)."""
@@ -78,17 +85,20 @@ def make_compute_loss(original):
     """``grpo_compute_loss`` plus grpo-custom's log-prob terms (passed in kwargs under ``TERMS_KEY``).
 
     This runs inside Unsloth's ``torch.compile(fullgraph=True)`` chunk loss, so it only does tensor
-    math: Σ coef · Σ_t weights·term, with weights from :func:`token_weights_like_unsloth`.
+    math: Σ coef · Σ_t weights·term, with the weights Unsloth's own ``original`` gives its per-token loss
+    (:func:`grpo_custom.unsloth.decisions.token_weights`: loss type, BNPO normaliser, accumulation).
     """
 
     def grpo_compute_loss(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, advantages, **kwargs):
         terms = kwargs.pop(TERMS_KEY, None)
-        result = original(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, advantages, **kwargs)
+        # grpo-custom's policy loss replaces Unsloth's: its term gets zero advantages (KL, masks, metrics stay)
+        policy_advantages = torch.zeros_like(advantages) if kwargs.pop(POLICY_KEY, False) else advantages
+        result = original(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, policy_advantages, **kwargs)
         if not terms:
             return result
         loss = result[0]
         inputs = _regularizer_inputs(new, old, ref, mask, advantages, kwargs)
-        weights = token_weights_like_unsloth(mask, kwargs)  # [B, T]
+        weights = token_weights(original, input_ids, mask, kwargs)  # [B, T]
         for spec, coef in terms:
             loss = loss + coef.to(loss.device) * (spec.term(inputs).to(torch.float32) * weights).sum()
         return (loss, *result[1:])
@@ -125,6 +135,8 @@ def make_efficient_grpo(original):
     The metrics are computed once per call from the full tensors, outside the compiled chunk loss.
     """
 
+    module = sys.modules[original.__module__]  # the generated trainer module (its grpo_compute_loss)
+
     class EfficientGRPO:
         grpo_custom_original = original
 
@@ -132,18 +144,34 @@ def make_efficient_grpo(original):
         def apply(new_logps, old_logps, ref_logps, sampling_logps, lm_head, input_ids, mask, advantages, beta,
                   scaler=None, n_chunks=1, extra_kwargs=None, upstream_scale=None):
             step = _current_step.get()
+            policy = _policy_step.get() if (extra_kwargs or {}).get(POLICY_KEY) else None
             terms = (extra_kwargs or {}).get(TERMS_KEY) or []
+            if step is not None:
+                step.n_chunks = int(n_chunks or 1)
             if step is not None and terms:
                 with torch.no_grad():
                     inputs = _regularizer_inputs(new_logps.detach(), old_logps, ref_logps, mask, advantages, extra_kwargs)
-                    weights = token_weights_like_unsloth(mask, extra_kwargs)
+                    weights = chunked_token_weights(step.compute_loss, input_ids, mask, extra_kwargs, step.n_chunks)
                     accumulation = float(extra_kwargs.get("current_gradient_accumulation_steps", 1))
                     for spec, coef in terms:
                         term, metrics = spec.compute(inputs)
                         contribution = float(coef) * float((term.float() * weights).sum()) * accumulation
                         step.record(spec, {**metrics, "loss": contribution})
-            return original.apply(new_logps, old_logps, ref_logps, sampling_logps, lm_head, input_ids, mask,
-                                  advantages, beta, scaler, n_chunks, extra_kwargs, upstream_scale)
+            result = original.apply(new_logps, old_logps, ref_logps, sampling_logps, lm_head, input_ids, mask,
+                                    advantages, beta, scaler, n_chunks, extra_kwargs, upstream_scale)
+            if policy is None:
+                return result
+
+            weights = chunked_token_weights(_unsloth_compute_loss(module), input_ids, mask, extra_kwargs, n_chunks or 1)
+
+            def policy_value(leaf):
+                value, metrics = policy_loss_value(policy, leaf, old_logps, sampling_logps, mask, advantages,
+                                                   extra_kwargs, weights=weights, is_ratio=result[4])
+                policy.record(metrics)
+                return value
+
+            scaling = scaler.get_scale() if scaler is not None else 1.0
+            return (result[0] + PolicyTerm.apply(new_logps, policy_value, scaling, upstream_scale), *result[1:])
 
     return EfficientGRPO
 
@@ -177,6 +205,7 @@ def make_trainer_compute_loss(original):
             loss = original(self, model, inputs, *args, **kwargs)
         finally:
             _loss_trainer.reset(token)
+        trl_metrics.drop_zero_beta_kl(self)  # Unsloth logs kl = 0.0 with beta = 0; TRL logs none
         # Parameter-space terms (lora_l2) do not involve log-probs: their own autograd graph carries the gradient.
         return loss + parameter_regularizer_loss(self, model)
 
@@ -202,24 +231,63 @@ def make_slow_compute_loss(original):
             )
         if specs:
             kwargs[TERMS_KEY] = logp_terms_at(specs, int(trainer.state.global_step))
-        return with_terms(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, advantages, **kwargs)
+        spec = getattr(extras, "policy_loss", None)
+        policy = None if spec is None or spec.stock else PolicyStep(spec=spec, step=int(trainer.state.global_step))
+        if policy is not None:
+            kwargs[POLICY_KEY] = True
+        result = with_terms(ref, new, old, sampling_per_token_logps, input_ids, mask, beta, advantages, **kwargs)
+        if policy is None:
+            return result
+        kwargs.pop(POLICY_KEY)
+        value, metrics = policy_loss_value(policy, new, old, sampling_per_token_logps, mask, advantages, kwargs,
+                                           weights=token_weights(original, input_ids, mask, kwargs), is_ratio=result[4])
+        policy.record(metrics)
+        _log_policy_metrics(trainer, policy)
+        return (result[0] + value, *result[1:])
 
     grpo_compute_loss_slow.grpo_custom_original = original
     return grpo_compute_loss_slow
 
 
+def _unsloth_compute_loss(module):
+    """The generated module's own ``grpo_compute_loss`` (under grpo-custom's wrapper when installed)."""
+    compute_loss = module.grpo_compute_loss
+    return getattr(compute_loss, "grpo_custom_original", compute_loss)
+
+
 def make_accumulated_loss(original):
     """``grpo_accumulated_loss`` that routes this step's regularizers into Unsloth's fast loss."""
+    module = sys.modules[original.__module__]
 
     def grpo_accumulated_loss(trainer, *args, **kwargs):
         input_ids = args[0] if args else kwargs["input_ids"]
         plan_token = _entropy_plan.set(entropy_plan_for(trainer, input_ids))
+        trl_entropy_coef = float(getattr(trainer, "entropy_coef", 0.0) or 0.0)
+        metrics_token = trl_metrics.begin_loss_call()  # TRL's loss metrics: grpo_custom.unsloth.trl_metrics
         try:
-            return _with_terms(trainer, *args, **kwargs)
+            result = _with_terms(trainer, *args, **kwargs)
         finally:
+            collected = trl_metrics.end_loss_call(metrics_token)
             _entropy_plan.reset(plan_token)
+        trl_metrics.log_loss_call(trainer, collected, result, kwargs, trl_entropy_coef)
+        return result
 
     def _with_terms(trainer, *args, **kwargs):
+        extras = getattr(trainer, "grpo_custom", None)
+        spec = None if extras is None else extras.policy_loss
+        if spec is None or spec.stock:
+            return _with_regularizers(trainer, *args, **kwargs)
+        policy = PolicyStep(spec=spec, step=int(trainer.state.global_step))
+        kwargs[POLICY_KEY] = True
+        token = _policy_step.set(policy)
+        try:
+            result = _with_regularizers(trainer, *args, **kwargs)
+        finally:
+            _policy_step.reset(token)
+        _log_policy_metrics(trainer, policy)
+        return result
+
+    def _with_regularizers(trainer, *args, **kwargs):
         extras = getattr(trainer, "grpo_custom", None)
         specs = [] if extras is None else extras.placed("loss")
         if not specs:
@@ -229,6 +297,7 @@ def make_accumulated_loss(original):
             logp_terms=logp_terms_at([spec for spec in specs if not spec.needs_entropy], global_step),
             entropy_terms=[(spec, spec.coef_at(global_step)) for spec in specs if spec.needs_entropy],
             trl_entropy_coef=float(getattr(trainer, "entropy_coef", 0.0) or 0.0),
+            compute_loss=_unsloth_compute_loss(module),
         )
         kwargs[TERMS_KEY] = step.logp_terms
         needs_entropy_pass = any(coef != 0.0 for _, coef in step.entropy_terms)
@@ -257,11 +326,15 @@ def make_entropy_bonus_weights(original):
                                    training=True):
         step = _current_step.get()
         if step is None or not step.entropy_terms:
-            return original(completion_mask, entropy_mask, entropy_coef, loss_kwargs, trl_version, training)
+            weights = original(completion_mask, entropy_mask, entropy_coef, loss_kwargs, trl_version, training)
+            trl_metrics.record_trl_bonus_weights(weights)
+            return weights
         weights = original(completion_mask, entropy_mask, step.trl_entropy_coef, loss_kwargs, trl_version, training)
+        trl_metrics.record_trl_bonus_weights(weights)
         if not training:
             loss_kwargs = {**loss_kwargs, "current_gradient_accumulation_steps": 1}
-        ours = token_weights_like_unsloth(completion_mask, loss_kwargs)  # [B, T]
+        ids = torch.zeros(completion_mask.shape, dtype=torch.long, device=completion_mask.device)
+        ours = chunked_token_weights(step.compute_loss, ids, completion_mask, loss_kwargs, step.n_chunks)  # [B, T]
         step.entropy_token_weights = ours
         step.entropy_accumulation = float(loss_kwargs.get("current_gradient_accumulation_steps", 1))
         for spec, coef in step.entropy_terms:
@@ -281,6 +354,7 @@ def make_entropy_bonus(original):
 
         @staticmethod
         def apply(entropies, weights, *args):
+            trl_metrics.record_bonus(entropies)
             step = _current_step.get()
             if step is not None and step.entropy_terms:
                 ours = step.entropy_token_weights
@@ -293,6 +367,13 @@ def make_entropy_bonus(original):
             return original.apply(entropies, weights, *args)
 
     return EntropyBonus
+
+
+def _log_policy_metrics(trainer, policy: PolicyStep) -> None:
+    from grpo_custom.fork.hooks.policy import log_policy_metrics
+
+    metrics = {key: total / count for key, (total, count) in policy.metrics.items()}
+    log_policy_metrics(trainer, "train" if trainer.model.training else "eval", policy.spec, policy.step, metrics)
 
 
 def _log_fast_loss_metrics(trainer, step: FastLossStep) -> None:
@@ -315,7 +396,9 @@ def _loss_bindings(module) -> list:
         (module._UnslothGRPOTrainer, "compute_loss", make_trainer_compute_loss),
         (zoo, "grpo_entropy_bonus_weights", make_entropy_bonus_weights),
         (zoo, "UnslothGRPOEntropyBonus", make_entropy_bonus),
-        (zoo, "chunked_hidden_states_selective_log_softmax_recompute", make_entropy_log_softmax),
+        (zoo, "chunked_hidden_states_selective_log_softmax_recompute",
+         trl_metrics.recording_entropies(make_entropy_log_softmax)),
+        *trl_metrics.metric_bindings(),
     ]
 
 

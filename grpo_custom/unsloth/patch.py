@@ -13,17 +13,14 @@ rewritten it yet).
 from __future__ import annotations
 
 import copyreg
-import importlib.metadata
 import inspect
-import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 
-TESTED_VERSIONS = {"trl": "1.15.0", "unsloth": "2026.10.7", "unsloth_zoo": "2026.10.7"}
-ALLOW_UNTESTED_ENV = "GRPO_CUSTOM_ALLOW_UNTESTED_VERSIONS"
+from grpo_custom.fork.versions import ALLOW_UNTESTED_ENV, UnsupportedVersionError, check_unsloth_versions  # noqa: F401
+
 GENERATED_MODULE = "UnslothGRPOTrainer"
-# Left in __init__ by Unsloth's rewrite of TRL's PEFT set-up (unsloth 2026.10.7); its absence means the rewrite missed.
+# Left in __init__ by Unsloth's rewrite of TRL's PEFT set-up (unsloth 2026.10.7-2026.10.9); its absence means the rewrite missed.
 UNSLOTH_PEFT_MARKER = "PEFT initialization logic removed via script"
 # grpo_accumulated_loss imports this at call time; the patched unsloth_zoo binding is what it then gets.
 UNSLOTH_ENTROPY_IMPORT = "chunked_hidden_states_selective_log_softmax_recompute as _entropy_log_softmax"
@@ -36,34 +33,14 @@ class UnslothPatchError(RuntimeError):
 
 
 def check_versions() -> None:
-    """Stop unless trl, unsloth and unsloth_zoo are the versions the tests ran against.
+    """Stop unless trl, unsloth and unsloth_zoo form a set of the support matrix (:mod:`grpo_custom.fork.versions`).
 
     ``GRPO_CUSTOM_ALLOW_UNTESTED_VERSIONS=1`` turns the error into a warning.
     """
-    found = {}
-    for name in TESTED_VERSIONS:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    if found["unsloth"] is None or found["unsloth_zoo"] is None:
-        raise UnslothPatchError(
-            "patch_unsloth() needs Unsloth: pip install 'grpo-custom[unsloth]' "
-            f"(unsloth=={TESTED_VERSIONS['unsloth']}, unsloth_zoo=={TESTED_VERSIONS['unsloth_zoo']})."
-        )
-    wrong = {name: version for name, version in found.items() if version != TESTED_VERSIONS[name]}
-    if not wrong:
-        return
-    detail = ", ".join(f"{name} {version} (tested: {TESTED_VERSIONS[name]})" for name, version in wrong.items())
-    pins = " ".join(f"'{name}=={version}'" for name, version in TESTED_VERSIONS.items())
-    if os.environ.get(ALLOW_UNTESTED_ENV) == "1":
-        warnings.warn(f"grpo-custom: untested versions {detail}; continuing because {ALLOW_UNTESTED_ENV}=1.",
-                      stacklevel=3)
-        return
-    raise UnslothPatchError(
-        f"grpo-custom's Unsloth patch was tested with other versions: {detail}. Install them with "
-        f"pip install {pins}, or set {ALLOW_UNTESTED_ENV}=1 to try anyway."
-    )
+    try:
+        check_unsloth_versions()
+    except UnsupportedVersionError as error:
+        raise UnslothPatchError(str(error)) from None
 
 
 @dataclass
@@ -216,13 +193,29 @@ def _make_config_honest(trainer_class, unsloth_config_class, plain_config_class)
     trainer_class.grpo_custom_fast_path_check = staticmethod(check_fast_path_config)
 
 
+CPU_SPOOF_HINT = ("set UNSLOTH_ALLOW_CPU=1 to run Unsloth's GPU code path on a CPU (tests only), with "
+                  "UNSLOTH_COMPILE_DISABLE=1 and TORCHDYNAMO_DISABLE=1 to skip torch.compile, before the first "
+                  "import of unsloth")
+
+
+def _import_unsloth() -> None:
+    """``import unsloth``; where Unsloth finds no accelerator, an :class:`UnslothPatchError` naming what helps."""
+    try:
+        import unsloth  # noqa: F401
+    except NotImplementedError as error:  # unsloth_zoo.device_type: "cannot find any torch accelerator"
+        raise UnslothPatchError(
+            f"Unsloth cannot run here: {error} patch_unsloth() needs a CUDA GPU (or another accelerator Unsloth "
+            f"supports). Without one, train with grpo-custom's plain fork (skip patch_unsloth()), or {CPU_SPOOF_HINT}."
+        ) from error
+
+
 def patch_unsloth() -> UnslothPatch:
     """Compile Unsloth's ``UnslothGRPOTrainer`` from grpo-custom's fork (idempotent; see module doc)."""
     global _active
     if _active is not None:
         return _active
     check_versions()
-    import unsloth  # noqa: F401  (Unsloth's own import-time patching runs first)
+    _import_unsloth()  # Unsloth's own import-time patching runs first
     import trl
     import trl.trainer
     import trl.trainer.grpo_config as trl_grpo_config

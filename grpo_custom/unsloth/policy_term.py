@@ -2,7 +2,8 @@
 
 Unsloth computes its PPO-clip term inside ``grpo_compute_loss``; with a policy loss other than the stock one,
 the loss-term wrapper passes zero advantages there (Unsloth's KL, masks and metrics stay) and this module adds
-Σ w·L_policy over the full ``[B, T]`` log-probs, weighted like Unsloth aggregates its own loss.
+Σ w·L_policy over the full ``[B, T]`` log-probs, weighted like Unsloth aggregates its own loss (the weights
+asked from Unsloth: :mod:`grpo_custom.unsloth.decisions`).
 """
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import contextvars
 from dataclasses import dataclass, field
 
 import torch
-
-from grpo_custom.algorithms.loss_aggregation import token_weights_like_unsloth
 
 POLICY_KEY = "grpo_custom_policy"  # loss kwarg: True → grpo_compute_loss gets zero advantages
 _policy_step: contextvars.ContextVar["PolicyStep | None"] = contextvars.ContextVar("grpo_custom_policy", default=None)
@@ -31,18 +30,19 @@ class PolicyStep:
             self.metrics[key] = (total + float(value), count + 1)
 
 
-def policy_loss_value(policy: PolicyStep, new, old, sampling, mask, advantages, loss_kwargs, is_ratio=None):
+def policy_loss_value(policy: PolicyStep, new, old, sampling, mask, advantages, loss_kwargs, *, weights, is_ratio=None):
     """Σ_t w_t·m_t·L_t (a scalar, differentiable in ``new``) and the loss's metrics.
 
     Masked positions of the log-probs are set to 0 first (as Unsloth does); ``old`` None means on-policy
     (``new.detach()``). L is multiplied, as Unsloth multiplies its policy term, by TRL's off-policy mask
     (``off_policy_mask_threshold``), the high-entropy mask (``top_entropy_quantile``) and the vLLM
-    importance-sampling ratio (``is_ratio``, Unsloth's own ``flat_is_ratio``), then weighted by
-    :func:`token_weights_like_unsloth` for the configured ``loss_type``.
+    importance-sampling ratio (``is_ratio``, Unsloth's own ``flat_is_ratio``), then weighted by ``weights``.
 
     Args:
         new, old, sampling: [B, T] log-probs in Unsloth's loss window (``old``/``sampling`` may be None).
         mask: [B, T] completion mask; advantages: [B] or [B, T].
+        weights: [B, T] token weights with Σ w·x == Unsloth's aggregation of x for this call
+            (:func:`grpo_custom.unsloth.decisions.chunked_token_weights`).
     """
     keep = mask.to(torch.bool)
     new = torch.where(keep, new, 0.0)
@@ -62,7 +62,6 @@ def policy_loss_value(policy: PolicyStep, new, old, sampling, mask, advantages, 
         per_token = per_token * loss_kwargs["entropy_mask"]
     if is_ratio is not None and is_ratio.numel() > 0:
         per_token = per_token * is_ratio
-    weights = token_weights_like_unsloth(mask, loss_kwargs)  # [B, T]
     return (per_token.to(torch.float32) * weights).sum(), metrics
 
 

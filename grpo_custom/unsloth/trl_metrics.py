@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +43,7 @@ class LossCallMetrics:
     from_unsloth: bool = False  # Unsloth's loss computed the entropies itself (return_entropy=True)
     trl_bonus: float = 0.0  # Σ w·H of TRL's entropy bonus (w from TRL's entropy_coef alone)
     trl_bonus_weights: torch.Tensor | None = None
+    inside_log_softmax: bool = False  # a wrapped log-softmax is running (it may call another wrapped one)
 
 
 _call: contextvars.ContextVar[LossCallMetrics | None] = contextvars.ContextVar("grpo_custom_trl_metrics", default=None)
@@ -94,51 +96,65 @@ def _entropies_of_logits(flat: torch.Tensor, transform) -> torch.Tensor:
     return out
 
 
-def make_hidden_log_softmax(original):
-    """Unsloth's ``chunked_hidden_states_selective_log_softmax`` that, inside a loss call whose entropies
-    Unsloth does not compute, also records the per-token entropies of the same logits (no grad)."""
+def _recording_log_softmax(original, entropies_of):
+    """``original`` (a log-softmax of Unsloth's loss), wrapped: inside a loss call whose entropies Unsloth does
+    not compute, the outermost wrapped call also records ``entropies_of(bound arguments)`` (no grad). The wrapper
+    keeps the original's signature (``functools.wraps``): Unsloth reads parameter defaults off it."""
+    signature = inspect.signature(original)
 
-    def chunked_hidden_states_selective_log_softmax(hidden_states, lm_head, index, chunks=4, logit_scale_multiply=0.0,
-                                                    logit_scale_divide=0.0, logit_softcapping=0.0, temperature=1.0,
-                                                    *args, **kwargs):
-        result = original(hidden_states, lm_head, index, chunks, logit_scale_multiply, logit_scale_divide,
-                          logit_softcapping, temperature, *args, **kwargs)
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
         state = _call.get()
-        if state is not None and not state.from_unsloth:
-            transform = LogitTransform(float(logit_scale_multiply), float(logit_scale_divide),
-                                       float(logit_softcapping), float(temperature))
-            bias = kwargs.get("lm_head_bias")
-            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-            bounds = chunk_bounds(flat.shape[0], max(int(chunks), 1))
-            pieces = []
-            with torch.no_grad():
-                for start, end in zip(bounds[:-1], bounds[1:]):
-                    logits = flat[start:end] @ lm_head.t()  # [rows, V]
-                    if bias is not None:
-                        logits = logits + bias
-                    pieces.append(_entropies_of_logits(logits, transform.apply))
-            state.entropies.append(torch.cat(pieces).view(hidden_states.shape[:-1]))
+        if state is None or state.inside_log_softmax:  # outside a loss call, or called by another wrapped one
+            return original(*args, **kwargs)
+        state.inside_log_softmax = True
+        try:
+            result = original(*args, **kwargs)
+        finally:
+            state.inside_log_softmax = False
+        if not state.from_unsloth:
+            call = signature.bind(*args, **kwargs)
+            call.apply_defaults()
+            state.entropies.append(entropies_of(call.arguments))
         return result
 
-    chunked_hidden_states_selective_log_softmax.grpo_custom_original = original
-    return chunked_hidden_states_selective_log_softmax
+    wrapper.grpo_custom_original = original
+    return wrapper
+
+
+@torch.no_grad()
+def _hidden_state_entropies(options: dict) -> torch.Tensor:
+    """Per-token entropies [rows, T] of ``transform(h Wᵀ + b)`` for the hidden states of a scorer call."""
+    hidden_states, lm_head, bias = options["hidden_states"], options["lm_head"], options.get("lm_head_bias")
+    transform = LogitTransform(float(options["logit_scale_multiply"]), float(options["logit_scale_divide"]),
+                               float(options["logit_softcapping"]), float(options["temperature"]))
+    flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+    bounds = chunk_bounds(flat.shape[0], max(int(options["chunks"]), 1))
+    pieces = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        logits = flat[start:end] @ lm_head.t()  # [rows, V]
+        if bias is not None:
+            logits = logits + bias
+        pieces.append(_entropies_of_logits(logits, transform.apply))
+    return torch.cat(pieces).view(hidden_states.shape[:-1])
+
+
+def _logit_entropies(options: dict) -> torch.Tensor:
+    """Per-token entropies [rows, T] of ``logits / temperature`` (models whose forward returns logits)."""
+    logits, temperature = options["logits"], float(options["temperature"])
+    flat = logits.reshape(-1, logits.shape[-1])
+    return _entropies_of_logits(flat, lambda z: z.to(torch.float32) / temperature).view(logits.shape[:-1])
+
+
+def make_hidden_log_softmax(original):
+    """Unsloth's hidden-state log-prob scorer (``chunked_hidden_states_selective_log_softmax``,
+    ``grpo_chunked_hidden_states_logprobs``) recording the entropies of the same logits."""
+    return _recording_log_softmax(original, _hidden_state_entropies)
 
 
 def make_logits_log_softmax(original):
-    """Unsloth's ``chunked_selective_log_softmax`` (raw logits: models whose forward returns logits), recording
-    the entropies of ``logits / temperature`` inside a loss call whose entropies Unsloth does not compute."""
-
-    def chunked_selective_log_softmax(logits, index, temperature=1.0, *args, **kwargs):
-        result = original(logits, index, temperature, *args, **kwargs)
-        state = _call.get()
-        if state is not None and not state.from_unsloth:
-            flat = logits.reshape(-1, logits.shape[-1])
-            scaled = _entropies_of_logits(flat, lambda z: z.to(torch.float32) / float(temperature))
-            state.entropies.append(scaled.view(logits.shape[:-1]))
-        return result
-
-    chunked_selective_log_softmax.grpo_custom_original = original
-    return chunked_selective_log_softmax
+    """Unsloth's ``chunked_selective_log_softmax`` (raw logits) recording the entropies of ``logits / temperature``."""
+    return _recording_log_softmax(original, _logit_entropies)
 
 
 def _masked_mean(trainer, values: torch.Tensor, mask: torch.Tensor) -> float:
@@ -255,7 +271,10 @@ def metric_bindings() -> list:
     ``grpo_accumulated_loss`` imports from ``unsloth_zoo.rl_replacements`` at call time."""
     import unsloth_zoo.rl_replacements as zoo
 
-    return [
+    bindings = [
         (zoo, "chunked_hidden_states_selective_log_softmax", make_hidden_log_softmax),
         (zoo, "chunked_selective_log_softmax", make_logits_log_softmax),
     ]
+    if hasattr(zoo, "grpo_chunked_hidden_states_logprobs"):  # unsloth_zoo >= 2026.10.9: the loss's hidden-state scorer
+        bindings.append((zoo, "grpo_chunked_hidden_states_logprobs", make_hidden_log_softmax))
+    return bindings

@@ -9,11 +9,19 @@ from pathlib import Path
 
 import pytest
 
+import grpo_custom
+
 pytestmark = pytest.mark.unsloth
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("base", "kl k3", "kl k3 (k2 grad)", "entropy", "entropy (recompute)", "base (recompute logps)",
             "naive entropy")
+# unsloth_zoo >= 2026.10.9 (its fused-linear scorer): Unsloth's fused entropy and its logit-keeping chunked scorer
+FUSED_VARIANTS = ("entropy (Unsloth fused-linear)", "base (chunked scorer, keeps logits)")
+# every registered policy loss as grpo-custom's term beside Unsloth's loss (issue 15)
+POLICY_VARIANTS = tuple(f"policy {name}" for name in grpo_custom.list_policy_losses())
+PAIRED_ROW = re.compile(r"^\| (\d+) \| (policy [^|]+?) \| ([\d.]+) \| ([\d.]+) \|$")
 VOCABS = (32000, 151936)
+GRADIENT_ROW = re.compile(r"^\| (\d+) \| ([^|]+?) \| ([\d.e+-]+) \|$")
 ROW = re.compile(r"^\| (\d+) \| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$")
 CHECK = re.compile(r"^\| (\d+) \| ([^|]+?) \| ([\d.]+) \| ([^|]+?) \| (PASS|FAIL) \|$")
 
@@ -44,7 +52,8 @@ def _rows(stdout: str) -> dict[tuple[int, str], dict[str, float]]:
 def test_smoke_reports_every_variant_at_both_vocab_sizes(smoke_run):
     stdout, _ = smoke_run
     rows = _rows(stdout)
-    assert set(rows) == {(vocab, name) for vocab in VOCABS for name in VARIANTS}, sorted(rows)
+    names = VARIANTS + (FUSED_VARIANTS if _fused(stdout) else ()) + POLICY_VARIANTS
+    assert set(rows) == {(vocab, name) for vocab in VOCABS for name in names}, sorted(rows)
     for (vocab, name), row in rows.items():
         assert row["memory"] > 0 and row["ms"] > 0, (vocab, name, row)
     for vocab in VOCABS:
@@ -53,9 +62,27 @@ def test_smoke_reports_every_variant_at_both_vocab_sizes(smoke_run):
         assert naive["memory_ratio"] == pytest.approx(naive["memory"] / base["memory"], abs=0.02)
 
 
+def _fused(stdout: str) -> bool:
+    """Whether the run's Unsloth scored with its fused-linear kernel (the report's scorer line says)."""
+    fused = "- Unsloth's scorer: fused-linear kernel" in stdout
+    assert fused or "- Unsloth's scorer: chunked log-softmax" in stdout
+    return fused
+
+
 def test_report_names_the_kernel_a_trainer_would_pick(smoke_run):
-    assert ("`entropy_kernel=\"auto\"` in a trainer, for one loss call of 8 rows × 8 tokens: "
-            "grpo-custom's one-pass kernel") in smoke_run[0]
+    # the installed Unsloth decides: its fused-linear scorer (unsloth_zoo >= 2026.10.9) keeps no logits, so auto
+    # follows Unsloth's own fused entropy; earlier releases keep them at these sizes and auto runs the one-pass kernel
+    picked = "Unsloth's fused-linear entropy" if _fused(smoke_run[0]) else "grpo-custom's one-pass kernel"
+    assert f"`entropy_kernel=\"auto\"` in a trainer, for one loss call of 8 rows × 8 tokens: {picked}" in smoke_run[0]
+
+
+def test_every_entropy_kernel_gradient_agrees_with_the_full_logits_reference(smoke_run):
+    errors = {(int(m.group(1)), m.group(2)): float(m.group(3))
+              for m in map(GRADIENT_ROW.match, map(str.strip, smoke_run[0].splitlines())) if m}
+    names = ("entropy", "entropy (recompute)") + (FUSED_VARIANTS[:1] if _fused(smoke_run[0]) else ())
+    assert set(errors) == {(vocab, name) for vocab in VOCABS for name in names}, sorted(errors)
+    for key, error in errors.items():
+        assert error < 1e-4, (key, error)
 
 
 def test_naive_entropy_needs_at_least_4x_the_memory_of_the_chunked_entropy_at_152k(smoke_run):
@@ -72,7 +99,16 @@ def test_smoke_prints_a_verdict_per_target_and_writes_no_results_file(smoke_run)
               for m in map(CHECK.match, map(str.strip, stdout.splitlines())) if m}
     expected = {(vocab, check) for vocab in VOCABS for check in ("entropy peak memory / base", "entropy time / base")}
     expected.add((151936, "naive entropy peak memory / entropy"))
+    expected |= {(vocab, f"{name} {check}") for vocab in VOCABS for name in POLICY_VARIANTS
+                 for check in ("peak memory / base", "time / base (paired)")}
     assert set(checks) == expected, sorted(checks)
     value, verdict = checks[(151936, "naive entropy peak memory / entropy")]
     assert verdict == ("PASS" if value >= 4.0 else "FAIL")
     assert results_untouched
+
+
+def test_every_policy_loss_has_a_paired_time_row(smoke_run):
+    paired = {(int(m.group(1)), m.group(2)): float(m.group(4))
+              for m in map(PAIRED_ROW.match, map(str.strip, smoke_run[0].splitlines())) if m}
+    assert set(paired) == {(vocab, name) for vocab in VOCABS for name in POLICY_VARIANTS}, sorted(paired)
+    assert all(0.0 < ratio < 100.0 for ratio in paired.values()), paired

@@ -19,10 +19,12 @@ COLAB = NOTEBOOKS / "unsloth_colab.ipynb"
 QUICKSTART_STEPS = 60
 CELL_TIMEOUT_S = 240
 RUN_BUDGET_S = 170  # the whole notebook, kernel start included (~20 s measured on a shared 2-core CPU)
-# Mean length reward (-|len - 8|), last 10 steps minus first 10. The notebook (seed 0) measured -6.89 -> -0.25
-# (+6.64, the same with 1 or 2 threads). The same run with seeds 0..11 gained between +0.76 and +6.9 (mean 4.3),
-# so a perturbed trajectory still clears this margin.
-MIN_REWARD_GAIN = 0.5
+# Mean length reward (-|len - 8| / 8), last 10 steps minus first 10: the notebook (seed 0) measured -0.836 -> -0.542
+# (+0.29); seed 1 -0.852 -> -0.530 (+0.32).
+MIN_REWARD_GAIN = 0.1
+# Mean letter_fraction, last 10 steps minus steps 21-30 (before its stage starts at update 30): seed 0 measured
+# 0.132 -> 0.349 (+0.22), seed 1 0.066 -> 0.603 (+0.54). Unscaled (length reward -8..0) it fell instead.
+MIN_LETTER_GAIN = 0.1
 KERNEL_PYTHON_MARK = "KERNEL_PYTHON="
 
 
@@ -95,9 +97,16 @@ def test_quickstart_trains_every_step_and_the_length_reward_improves(quickstart_
     assert _printed_value(summary, "logged steps with rewards:") == QUICKSTART_STEPS
     first = _printed_value(summary, "mean length_reward, first 10 steps:")
     last = _printed_value(summary, "mean length_reward, last 10 steps:")
-    assert first < -5.0  # the random policy runs on past 8 characters
+    assert first < -0.6  # the random policy runs on past 8 characters (-|len - 8| / 8)
     assert last - first > MIN_REWARD_GAIN, (first, last)
-    assert last <= 0.0  # -|len - 8| is at most 0
+    assert last <= 0.0  # -|len - 8| / 8 is at most 0
+
+
+def test_quickstart_second_objective_rises_after_its_stage_starts(quickstart_run):
+    summary = _stdout(quickstart_run[0], "summary")
+    before = _printed_value(summary, "mean letter_fraction, steps 21-30 (before its stage):")
+    end = _printed_value(summary, "mean letter_fraction, last 10 steps:")
+    assert end - before > MIN_LETTER_GAIN, (before, end)
 
 
 def test_quickstart_logs_the_scheduled_reward_weight_and_kl_coefficient(quickstart_run):
@@ -158,10 +167,44 @@ def test_colab_code_cells_compile():
         compile(_python_source(cell), f"unsloth_colab.ipynb code cell {index}", "exec")
 
 
+def _install_namespace() -> dict:
+    """The Colab install cell's Python (magics stripped) run once, with the source placeholder left in."""
+    (cell,) = [cell for cell in _colab_code_cells() if "install" in cell.metadata.get("tags", [])]
+    source = _python_source(cell).replace("REQUIREMENT = grpo_custom_requirement(GRPO_CUSTOM_SOURCE)", "")
+    namespace: dict = {}
+    exec(compile(source, "unsloth_colab.ipynb install cell", "exec"), namespace)
+    return namespace
+
+
+def test_colab_install_source_is_one_validated_variable(tmp_path):
+    namespace = _install_namespace()
+    requirement = namespace["grpo_custom_requirement"]
+    with pytest.raises(ValueError, match="Set GRPO_CUSTOM_SOURCE"):
+        requirement(namespace["GRPO_CUSTOM_SOURCE"])  # the placeholder as shipped
+    with pytest.raises(ValueError, match="not a git URL"):
+        requirement("git+https://example.org/org/grpo custom.git")
+    with pytest.raises(ValueError, match="neither a git\\+https URL nor a checkout"):
+        requirement(str(tmp_path))  # a directory without pyproject.toml
+    assert requirement("git+https://example.org/org/grpo-custom.git@v0.1.0") == (
+        "grpo-custom[unsloth] @ git+https://example.org/org/grpo-custom.git@v0.1.0")
+    checkout = Path(__file__).resolve().parents[2]
+    assert requirement(str(checkout)) == f"grpo-custom[unsloth] @ file://{checkout}"
+
+
+def test_colab_pins_accelerator_libraries_for_colabs_torch_and_takes_unsloth_from_the_extra():
+    namespace = _install_namespace()
+    assert namespace["COLAB_TORCH"] == "2.11."
+    assert sorted(namespace["ACCELERATOR_PINS"]) == ["bitsandbytes==0.50.2", "torchao==0.18.0"]
+    (cell,) = [cell for cell in _colab_code_cells() if "install" in cell.metadata.get("tags", [])]
+    shell = [line.strip() for line in cell.source.splitlines() if line.lstrip().startswith("%")]
+    assert shell == ['%pip install -q "{REQUIREMENT}" {PINS}', "%pip uninstall -q -y xformers"]
+    assert "unsloth==" not in cell.source and "unsloth_zoo==" not in cell.source  # versions come from [unsloth]
+
+
 def test_colab_installs_and_runs_the_doctor_through_shell_lines():
     shell_lines = [line.strip() for cell in _colab_code_cells() for line in cell.source.splitlines()
                    if line.lstrip().startswith(("%", "!"))]
-    assert any(line.startswith("%pip install") and "grpo-custom[unsloth]" in line for line in shell_lines)
+    assert any(line.startswith("%pip install") and "{REQUIREMENT}" in line for line in shell_lines)
     assert "!grpo-custom doctor" in shell_lines
 
 

@@ -10,6 +10,7 @@ import torch
 from grpo_custom.rewards.builtin import THINK_ANSWER_PATTERN, completion_text, format_reward, length_reward
 from grpo_custom.rewards.direction_check import (
     LENGTH_PROBES,
+    SCALE_LENGTHS,
     check_reward,
     reward_length_correlation,
     spearman_correlation,
@@ -83,8 +84,9 @@ def test_wrong_length_and_raising_are_flagged():
 
     report = check_reward(short, n_samples=2)
     assert not report.ok and report.rewards == {}
-    assert report.problems == [f"'short' returned {2 * 10 - 1} values for 20 completions; return a list with one "
-                               "value per completion."]
+    probes = len(LENGTH_PROBES) + 4 + len(SCALE_LENGTHS)  # length, other and scale probes, 2 samples each
+    assert report.problems == [f"'short' returned {2 * probes - 1} values for {2 * probes} completions; return a list "
+                               "with one value per completion."]
 
     def needs_column(prompts, completions, **kwargs):
         return [float(s) for s in kwargs["solution"]]
@@ -162,14 +164,15 @@ def test_reward_length_correlation_is_pearson_and_nan_safe():
 
 
 def test_a_reward_comparing_against_a_column_is_not_called_constant():
-    """The probes include one stating the sample's column values, so an answer-checking reward can score 1."""
+    """The probes include one per column stating the row's value, so an answer-checking reward can score 1."""
     from grpo_custom.rewards import math_answer_reward
 
     reward = math_answer_reward(solution_column="solution")
     report = check_reward(reward, prompts=["What is 6*7?"], columns={"solution": ["42"]})
     assert report.ok, report.problems
-    assert report.rewards["column_answer"] == 1.0
-    assert max(v for k, v in report.rewards.items() if k != "column_answer") == 0.0
+    assert report.rewards["column:solution"] == 1.0
+    assert max(v for k, v in report.rewards.items() if k != "column:solution") == 0.0
+    assert report.direction == "declared"  # a built-in reward declares higher_is_better
 
 
 def test_reward_health_metrics_match_per_function_reference():
@@ -192,3 +195,53 @@ def test_reward_health_metrics_match_per_function_reference():
         assert correlation[column] == pytest.approx(expected)
     constant = reward_health_metrics(torch.ones(4, 1), lengths[:4], num_generations=2)
     assert math.isnan(constant[2, 0]) and constant[1, 0] == 1.0
+
+
+@pytest.mark.parametrize("target", [2, 20, 200, 3000])
+def test_direction_is_found_without_knowing_the_target(target):
+    """A distance to any target in 2..3000 chars is flagged with no target given; its negation is "ok"."""
+    wrong = check_reward(text_reward("distance", lambda c: abs(target - len(c))))
+    assert not wrong.ok and wrong.direction == "wrong", str(wrong)
+    assert any("prefers completions far from the target length" in p for p in wrong.problems)
+    right = check_reward(text_reward("closeness", lambda c: -abs(target - len(c))))
+    assert right.ok and right.direction == "ok", str(right)
+
+
+@pytest.mark.parametrize("name, score", [
+    ("longer_is_better", lambda c: float(len(c))),  # a monotone preference: no target to be far from
+    ("shorter_is_better", lambda c: -float(len(c))),
+    ("letters", lambda c: sum(ch.isalpha() for ch in c) / max(1, len(c))),
+    ("alphabetic", lambda c: 1.0 if re.fullmatch(r"[a-z ]*", c) else 0.0),
+    ("beyond_the_probes", lambda c: abs(100_000 - len(c))),
+])
+def test_direction_that_cannot_be_established_is_unchecked_never_ok(name, score):
+    report = check_reward(text_reward(name, score))
+    assert report.direction == "unchecked", str(report)
+    assert "direction unchecked" in str(report)
+
+
+def test_built_in_rewards_declare_their_direction():
+    from grpo_custom.rewards import code_execution_reward
+
+    for reward in (length_reward(8), format_reward(THINK_ANSWER_PATTERN), code_execution_reward()):
+        assert reward.higher_is_better is True
+    report = check_reward(length_reward(200))
+    assert report.ok and report.direction == "declared"
+    assert not any(probe.startswith("scale_") for probe in report.rewards)  # a declared reward is not probed for it
+
+
+def test_explicit_target_keeps_the_target_probes():
+    report = check_reward(text_reward("distance", lambda c: abs(200 - len(c))), target=200)
+    assert report.direction == "wrong" and "far from the target length 200 chars" in report.problems[0]
+    assert not any(probe.startswith("scale_") for probe in report.rewards)
+    assert check_reward(text_reward("good", lambda c: -abs(200 - len(c))), target=200).direction == "ok"
+
+
+def test_a_reward_scoring_one_probe_is_not_called_constant():
+    """A reward that can only score the probe stating its row's column (None elsewhere) is not 'constant'."""
+    def reads_column(prompts, completions, solution, **kwargs):
+        return [1.0 if s in c else None for c, s in zip(completions, solution)]
+
+    report = check_reward(reads_column, prompts=["2+2="], columns={"solution": ["4"], "tests": ["assert True"]})
+    assert report.ok, report.problems
+    assert report.rewards["column:solution"] == 1.0 and report.direction == "unchecked"

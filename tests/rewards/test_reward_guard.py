@@ -84,17 +84,46 @@ def test_exception_nan_policy_makes_whole_batch_none():
     guarded = guard_reward_function(raising, "needs_solution", policy="nan", on_bad=lambda n, c: reports.append(c))
     with pytest.warns(BadRewardWarning, match="4 reward"):
         assert guarded(prompts=PROMPTS, completions=COMPLETIONS) == [None] * 4
-    assert reports == [{"exception": 4, "wrong_length": 0, "non_number": 0, "non_finite": 0}]
+    assert reports == [{**dict.fromkeys(BAD_KINDS, 0), "exception": 4}]
 
 
-@pytest.mark.parametrize("output, described", [([1.0, 2.0, 3.0], "3 values"), (1.0, "a non-sequence float 1.0")])
-def test_wrong_length_under_both_policies(output, described):
-    with pytest.raises(RewardFunctionError, match=rf"'short' returned {described} for 4 completions"):
+@pytest.mark.parametrize("output, described, kind", [
+    ([1.0, 2.0, 3.0], "3 values", "wrong_length"),
+    (1.0, "a non-sequence float 1.0", "not_a_sequence"),
+    # a dict is not read as its keys (list({...}) would be [0, 1, 2, 3], four "good" rewards)
+    ({0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}, r"a non-sequence dict \{0: 0.1", "not_a_sequence"),
+    ("0.5", "a non-sequence str '0.5'", "not_a_sequence"),  # not its characters
+    ({0.1, 0.2, 0.3, 0.4}, "a non-sequence set", "not_a_sequence"),  # no order
+    ((x for x in [0.1, 0.2, 0.3, 0.4]), "a non-sequence generator", "not_a_sequence"),
+    (np.ones((2, 2)), r"a non-sequence ndarray of shape \(2, 2\)", "not_a_sequence"),
+])
+def test_not_one_value_per_completion_under_both_policies(output, described, kind):
+    with pytest.raises(RewardFunctionError, match=rf"'short' returned {described}.* for 4 completions"):
         guard_reward_function(returning(output), "short")(prompts=PROMPTS, completions=COMPLETIONS)
     guarded = guard_reward_function(returning(output), "short", policy="nan")
-    with pytest.warns(BadRewardWarning, match="wrong_length=4"):
+    with pytest.warns(BadRewardWarning, match=f"{kind}=4"):
         assert guarded(prompts=PROMPTS, completions=COMPLETIONS) == [None] * 4
-    assert guarded.bad_counts == {"exception": 0, "wrong_length": 4, "non_number": 0, "non_finite": 0}
+    assert guarded.bad_counts == {**dict.fromkeys(BAD_KINDS, 0), kind: 4}
+
+
+def test_one_dimensional_arrays_and_tensors_are_sequences():
+    expected = [0.25, 0.5, 0.75, 1.0]
+    for output in (np.array(expected), torch.tensor(expected, dtype=torch.float64), tuple(expected)):
+        assert guard_reward_function(returning(output), "ok")(prompts=PROMPTS, completions=COMPLETIONS) == expected
+
+
+def test_extra_kwargs_never_overwrite_the_call_s_own():
+    seen = {}
+
+    def reward(prompts, completions, **kwargs):
+        seen.update(kwargs)
+        return [0.0] * len(completions)
+
+    guarded = guard_reward_function(reward, "r", extra_kwargs=lambda: {"step": 3, "stage": "warmup"})
+    kwargs = {"step": ["a", "b", "c", "d"]}
+    guarded(prompts=PROMPTS, completions=COMPLETIONS, **kwargs)
+    assert seen == {"completion_ids": None, "step": ["a", "b", "c", "d"], "stage": "warmup"}
+    assert kwargs == {"step": ["a", "b", "c", "d"]}
 
 
 def test_good_values_are_converted_to_float_and_none_is_kept(recwarn):
@@ -112,7 +141,7 @@ def test_counts_accumulate_over_calls():
     with pytest.warns(BadRewardWarning):
         guarded(prompts=PROMPTS, completions=COMPLETIONS)
         guarded(prompts=PROMPTS, completions=COMPLETIONS)
-    assert guarded.bad_counts == {"exception": 0, "wrong_length": 0, "non_number": 2, "non_finite": 4}
+    assert guarded.bad_counts == {**dict.fromkeys(BAD_KINDS, 0), "non_number": 2, "non_finite": 4}
 
 
 def test_name_is_preserved_and_kwargs_are_forwarded():

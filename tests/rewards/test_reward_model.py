@@ -102,7 +102,9 @@ def reference(model_dir):
     tokenizer = build_tiny_tokenizer()
 
     def score(text: str, max_tokens: int | None = None) -> float:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+        """The score of the text's last ``max_tokens`` tokens (RewardModelReward's truncation rule)."""
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = ids[-max_tokens:] if max_tokens is not None else ids
         with torch.no_grad():
             return model(input_ids=torch.tensor([ids])).logits[0, 0].item()
 
@@ -155,6 +157,7 @@ def test_truncation_is_counted_and_logged(model_dir, reference, caplog):
     with caplog.at_level(logging.WARNING, logger="grpo_custom.rewards.reward_model"):
         scores = reward(prompts, completions)
     assert reward.last_truncated == 2
+    assert reward.last_completion_truncated == 1  # " and completion" alone is longer than 8 tokens
     assert "rm: truncated 2 of 3 texts to max_length=8 tokens" in caplog.text
     expected = [reference(prompt + completion, max_tokens=8) for prompt, completion in zip(prompts, completions)]
     assert scores == pytest.approx(expected, abs=1e-5)
@@ -408,3 +411,22 @@ def test_scores_unchanged_under_unsloth_patching(model_dirs, tmp_path):
         assert result["early"][arch] == pytest.approx(expected[arch], abs=1e-6), arch
         assert result["late"][arch] == pytest.approx(expected[arch], abs=1e-6), arch
     print("unprotected load under the patch:", result["unprotected_load"])
+
+
+def test_truncation_keeps_the_completion_and_cuts_the_prompt_from_the_left(model_dir, reference):
+    """A ~300-character prompt with max_length=64: three completions get three scores (right truncation gave
+    all three the score of the prompt's first 64 tokens: a silent zero-advantage group)."""
+    reward = RewardModelReward(model_dir, device="cpu", max_length=64, name="rm")
+    prompt = "Summarize the following text in one sentence, please. " * 6  # 330 characters, one token each
+    completions = ["A short answer.", "Something else entirely!", "42"]
+    logged = []
+    scores = reward([prompt] * 3, completions, log_metric=lambda name, value: logged.append((name, value)))
+    assert len(set(scores)) == 3
+    assert scores == pytest.approx([reference(prompt + c, max_tokens=64) for c in completions], abs=1e-5)
+    assert logged == [("reward_model/rm/truncated_frac", 1.0), ("reward_model/rm/completion_truncated_frac", 0.0)]
+
+
+def test_max_length_above_the_position_limit_is_rejected_at_construction(model_dir):
+    with pytest.raises(ValueError, match=r"max_length=257 exceeds the reward model's position limit .*=256"):
+        RewardModelReward(model_dir, device="cpu", max_length=257)
+    RewardModelReward(model_dir, device="cpu", max_length=256)

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from grpo_custom.unsloth.decisions import SmallBatchRule
 from grpo_custom.unsloth.entropy_kernel import LogitTransform, chunk_bounds, chunked_logps_and_entropies
 from grpo_custom.unsloth.entropy_plan import EntropyKernelPlan, keeps_log_probs
 
@@ -222,18 +223,28 @@ def test_logit_transform_is_unsloths_order():
     assert torch.allclose(transform.apply(logits), torch.tanh(logits * 2.0 / 4.0) / 0.5)
 
 
-PLAN = EntropyKernelPlan(mode="auto", total_rows=16, multiplier=4)
+RULE = SmallBatchRule(max_width=1024, max_minibatches=8)  # the bounds read from unsloth_zoo 2026.10.7-.9
+
+
+def plan(mode="auto", total_rows=16, scorer_keeps_logits=True):
+    return EntropyKernelPlan(mode=mode, total_rows=total_rows, multiplier=4,
+                             scorer_keeps_logits=scorer_keeps_logits, small_batch=RULE)
+
+
+PLAN = plan()
 
 
 @pytest.mark.parametrize("plan, rows, width, chunks, kept", [
     (PLAN, 16, 4096, 64, True),  # one mini-batch: Unsloth keeps its logits whatever the width
     (PLAN, 2, 1024, 8, True),  # 8 mini-batches of width ≤ 1024
     (PLAN, 2, 1025, 8, False),  # 8 mini-batches, too wide: Unsloth offloads
-    (EntropyKernelPlan("auto", 18, 4), 2, 512, 8, False),  # 9 mini-batches: Unsloth offloads
+    (plan(total_rows=18), 2, 512, 8, False),  # 9 mini-batches: Unsloth offloads
     (PLAN, 1, 9000, 64, True),  # the packed call: one row of every token, total_rows × multiplier chunks
     (PLAN, 1, 900, 4, False),  # a one-row padded mini-batch of 16: offloaded
-    (EntropyKernelPlan("keep_log_probs", 18, 4), 2, 5000, 8, True),
-    (EntropyKernelPlan("recompute", 16, 4), 16, 8, 64, False),
+    (plan(scorer_keeps_logits=False), 16, 8, 64, False),  # Unsloth's fused-linear scorer keeps no logits (10.9)
+    (plan(scorer_keeps_logits=False), 1, 9000, 64, False),  # ... nor in the packed call
+    (plan("keep_log_probs", 18), 2, 5000, 8, True),
+    (plan("recompute"), 16, 8, 64, False),
 ])
 def test_auto_keeps_log_probs_exactly_where_unsloths_log_prob_path_keeps_logits(plan, rows, width, chunks, kept):
     assert keeps_log_probs(plan, rows, width, chunks) is kept

@@ -1,5 +1,6 @@
 """The documented entry, ``import grpo_custom; grpo_custom.patch_unsloth()``: the fast import order for Unsloth,
-and on a CPU without Unsloth's spoof a clear error naming the variables that help (each in a fresh interpreter)."""
+and on a CPU without Unsloth's spoof either a patch (Unsloth >= 2026.10.9 falls back to a CPU backend) or a clear
+error naming the variables that help (earlier Unsloth refuses to import). Each runs in a fresh interpreter."""
 from __future__ import annotations
 
 import os
@@ -41,11 +42,32 @@ def test_import_grpo_custom_then_patch_is_the_order_unsloth_wants(tmp_path):
     assert "should be imported before" not in output, output[-3000:]  # Unsloth's import-order warning
 
 
-def test_patch_on_a_cpu_without_the_spoof_says_which_variables_help(tmp_path):
+def test_patch_on_a_cpu_without_the_spoof_patches_or_says_which_variables_help(tmp_path):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: Unsloth imports")
     output = _entry(tmp_path)
-    assert "PATCH_ERROR" in output and "needs a CUDA GPU" in output
-    assert "UNSLOTH_ALLOW_CPU=1" in output and "UNSLOTH_COMPILE_DISABLE=1" in output
+    assert ("PATCHED" in output) != ("PATCH_ERROR" in output), output[-3000:]
+    if "PATCH_ERROR" in output:
+        assert "needs a CUDA GPU" in output, output[-3000:]
+        assert "UNSLOTH_ALLOW_CPU=1" in output and "UNSLOTH_COMPILE_DISABLE=1" in output
+
+
+def test_unsloth_refusing_a_cpu_becomes_an_error_naming_the_variables(monkeypatch):
+    """What Unsloth 2026.10.7/8 do on a CPU (NotImplementedError at import), checked without importing Unsloth."""
+    import builtins
+
+    from grpo_custom.unsloth import patch
+
+    real_import = builtins.__import__
+
+    def refusing_import(name, *args, **kwargs):
+        if name == "unsloth":
+            raise NotImplementedError("Unsloth cannot find any torch accelerator? You need a GPU.")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", refusing_import)
+    with pytest.raises(patch.UnslothPatchError, match="UNSLOTH_ALLOW_CPU=1") as caught:
+        patch._import_unsloth()
+    assert "needs a CUDA GPU" in str(caught.value) and "cannot find any torch accelerator" in str(caught.value)

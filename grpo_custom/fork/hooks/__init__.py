@@ -7,7 +7,9 @@ behaviour: the ``grpo`` estimator and no regularizers, schedule or routing.
 
 The fork imports this package as ``grpo_custom_hooks``; the hooks live in one module per job:
 :mod:`.configure` (while the trainer is built), :mod:`.rewards` (before the reward functions run),
-:mod:`.advantages`, :mod:`.loss`, :mod:`.checkpoint`, and :mod:`.metrics` (what they log).
+:mod:`.advantages`, :mod:`.loss`, :mod:`.policy` (the policy loss), :mod:`.checkpoint`, and :mod:`.metrics`
+(what they log); helpers:
+:mod:`.lengths` (tokens generated), :mod:`.start` (checks at the first batch), :mod:`.fingerprint` (resume).
 """
 from .advantages import compute_advantages
 from .checkpoint import STATE_FILE, load_checkpoint_state, save_checkpoint_state
@@ -16,9 +18,12 @@ from .configure import (
     configure_trainer,
     needs_reference_logps,
     prepare_reward_funcs,
+    reference_model,
     task_balanced_sampler,
 )
+from .lengths import generated_lengths
 from .loss import add_loss_regularizers, parameter_regularizer_loss
+from .policy import policy_per_token_loss
 from .rewards import before_reward_functions, schedule_context
 
 __all__ = [
@@ -28,10 +33,13 @@ __all__ = [
     "before_reward_functions",
     "compute_advantages",
     "configure_trainer",
+    "generated_lengths",
     "load_checkpoint_state",
     "needs_reference_logps",
     "parameter_regularizer_loss",
+    "policy_per_token_loss",
     "prepare_reward_funcs",
+    "reference_model",
     "save_checkpoint_state",
     "schedule_context",
     "task_balanced_sampler",

@@ -6,7 +6,14 @@ from typing import Callable
 import torch
 
 from grpo_custom.algorithms.regularizers import RegularizerInputs
-from grpo_custom.fork.hooks.metrics import _log, _log_advantage_metrics, _log_regularizer, _log_reward_health
+from grpo_custom.fork.hooks.metrics import (
+    _log,
+    _log_advantage_metrics,
+    _log_regularizer,
+    _log_reward_error_counts,
+    _log_reward_health,
+)
+from grpo_custom.fork.hooks.policy import mixed_advantages
 
 
 def _gathered_completion_mask(trainer, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -26,6 +33,7 @@ def compute_advantages(
     mode: str,
     ref_per_token_logps: torch.Tensor | None,
     prompt_ids: torch.Tensor | None = None,
+    generated_lengths: torch.Tensor | None = None,
     trl_advantages: torch.Tensor | None = None,
     old_per_token_logps: torch.Tensor | None,
     policy_per_token_logps: Callable[[], torch.Tensor],
@@ -36,6 +44,10 @@ def compute_advantages(
     TRL) → minus each reward-placed regularizer's ``coef · penalty`` → per-task normalization →
     the estimator. Logs ``advantages/{mean,std,abs_max}``, the reward-health metrics and, with a
     ``task_column``, ``tasks/<task>/*`` (``tasks.task_metrics``) of the rewards before task normalization.
+    Completion lengths (opo, the length regularizer, ``length_corr``, task metrics) are ``generated_lengths``
+    ([B], this process; :func:`grpo_custom.fork.hooks.lengths.generated_lengths`), not the loss mask. With
+    ``num_generations == 1`` (evaluation with ``num_generations_eval=1``) every advantage is 0: a group of
+    one has no baseline, TRL's value; penalties, normalization and metrics still run.
     """
     extras = trainer.grpo_custom
     device = rewards_per_func.device
@@ -45,13 +57,16 @@ def compute_advantages(
     rewards[unscorable] = torch.nan
 
     full_mask = _gathered_completion_mask(trainer, completion_mask).to(device)  # [N, T]
-    lengths = full_mask.sum(dim=1)  # [N]
+    if generated_lengths is None:
+        generated_lengths = completion_mask.sum(dim=1)
+    generated_lengths = generated_lengths.to(completion_mask.device)
+    lengths = trainer.accelerator.gather(generated_lengths).to(device)  # [N] tokens generated
 
     reward_specs = extras.placed("reward")
     if reward_specs:
         rewards = rewards - _reward_penalties(
             trainer, reward_specs, completion_mask, ref_per_token_logps, old_per_token_logps,
-            policy_per_token_logps, mode, prompt_ids=prompt_ids,
+            policy_per_token_logps, mode, prompt_ids=prompt_ids, generated_lengths=generated_lengths,
         ).to(device)
 
     tasks = _gathered_task_labels(inputs, extras.task_column) if extras.task_column is not None else None
@@ -63,8 +78,15 @@ def compute_advantages(
         normalizer = extras.task_normalizer if mode == "train" else copy.deepcopy(extras.task_normalizer)
         rewards = normalizer.normalize(rewards, tasks, num_generations)
 
-    if trl_advantages is not None and extras.estimator_is_trls and not reward_specs and extras.task_normalizer is None:
+    if num_generations == 1:  # evaluation only (TRL needs G >= 2 to train): no baseline, advantage 0
+        result = torch.zeros_like(rewards)
+    elif trl_advantages is not None and extras.estimator_is_trls and not reward_specs and extras.task_normalizer is None:
         result = trl_advantages  # TRL just computed exactly this estimator inline (bitwise: tests/algorithms/test_estimators.py)
+    elif hasattr(extras.estimator, "components_at"):  # a mix of estimators (logs each component)
+        data = dict(completion_lengths=lengths, completion_mask=full_mask, rewards_per_func=rewards_per_func,
+                    reward_weights=weights)
+        result = mixed_advantages(trainer, extras.estimator, rewards, num_generations, data, full_mask,
+                                  lambda values, mask, prefix: _log_advantage_metrics(trainer, mode, values, mask, prefix))
     else:
         result = extras.estimator(
             rewards,
@@ -84,14 +106,12 @@ def compute_advantages(
         metrics = task_metrics(tasks, rewards_before_normalization, per_sequence, num_generations, lengths)
         for name, value in metrics.items():
             _log(trainer, mode, name, value)
-    for name, value in extras.pending_metrics.items():
-        _log(trainer, mode, name, value)
-    extras.pending_metrics.clear()
+    _log_reward_error_counts(trainer, mode)
     return result
 
 
 def _reward_penalties(trainer, specs, completion_mask, ref_logps, old_logps, policy_logps_fn, mode,
-                      prompt_ids=None) -> torch.Tensor:
+                      prompt_ids=None, generated_lengths=None) -> torch.Tensor:
     """Σ coef · penalty over the reward-placed regularizers, gathered over processes: [N].
 
     The penalties read the log-probs of the policy that sampled the batch (``old_logps``, else one
@@ -113,7 +133,7 @@ def _reward_penalties(trainer, specs, completion_mask, ref_logps, old_logps, pol
         width = completion_mask.shape[1]
         logps, old_logps, ref_logps = (None if values is None else window_to_completion(values, prompt_ids, pad_id, width)
                                        for values in (logps, old_logps, ref_logps))
-    lengths = completion_mask.sum(dim=1)
+    lengths = completion_mask.sum(dim=1) if generated_lengths is None else generated_lengths  # [B] tokens generated
     inputs = RegularizerInputs(
         logps=logps, old_logps=old_logps, ref_logps=ref_logps, mask=completion_mask.float(),
         advantages=None, entropies=None, model=None, completion_lengths=lengths,

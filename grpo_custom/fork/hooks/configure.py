@@ -14,6 +14,7 @@ from torch import nn
 
 from grpo_custom.algorithms.estimators import get_advantage_estimator
 from grpo_custom.algorithms.regularizers import RegularizerSpec
+from grpo_custom.fork.hooks.policy import policy_loss_spec, resolve_estimator
 
 
 @dataclass
@@ -27,11 +28,14 @@ class TrainerExtras:
     reward_schedule: Any = None
     task_column: str | None = None
     task_normalizer: Any = None
-    check_rewards: str = "off"
+    check_rewards: str | dict = "off"  # a mode, or {reward name: mode} (see reward_check_mode)
     rewards_checked: bool = False
     configured_weights: torch.Tensor | None = None
     estimator_is_trls: bool = False  # the estimator is exactly TRL's inline computation (reuse its result)
+    policy_loss: Any = None  # PolicyLossSpec; None on a trainer made before grpo-custom configured it
     pending_metrics: dict = field(default_factory=dict)
+    step_context: dict = field(default_factory=dict)  # step/progress/stage of the batch being scored
+    started: bool = False  # the start-of-training checks ran (hooks.start.validate_at_start)
 
     def placed(self, placement: str) -> list[RegularizerSpec]:
         """The regularizers with the given placement (``"loss"``, ``"reward"`` or ``"parameters"``)."""
@@ -88,8 +92,8 @@ def prepare_reward_funcs(args, reward_funcs):
 
 def configure_trainer(trainer, args) -> None:
     """Resolve estimator, regularizers, schedule, reward guards and task normalization for ``trainer``."""
-    estimator_choice = _option(args, "advantage_estimator", "grpo")
-    options = dict(_option(args, "advantage_estimator_kwargs", None) or {})
+    estimator_choice, mix_options = resolve_estimator(args)
+    options = mix_options if mix_options is not None else dict(_option(args, "advantage_estimator_kwargs", None) or {})
     if estimator_choice == "grpo" and args.multi_objective_aggregation == "normalize_then_sum":
         estimator_choice = "gdpo"  # TRL's normalize-then-sum aggregation is the gdpo estimator
     if estimator_choice == "grpo":
@@ -124,9 +128,49 @@ def configure_trainer(trainer, args) -> None:
         check_rewards=_option(args, "check_rewards", "off"),
         configured_weights=trainer.reward_weights.clone(),
         estimator_is_trls=estimator_is_trls,
+        policy_loss=policy_loss_spec(args),
     )
+    _check_reward_check_names(trainer)
     _guard_reward_functions(trainer, _option(args, "reward_errors", "raise"))
     _check_fast_path(trainer, args)
+
+
+def reward_check_mode(extras: TrainerExtras, name: str) -> str:
+    """The start-up check's mode for reward ``name``: ``check_rewards`` itself, or its entry in a per-function
+    dict (``"warn"`` for a function the dict does not name)."""
+    modes = extras.check_rewards
+    return modes.get(name, "warn") if isinstance(modes, dict) else modes
+
+
+def _check_reward_check_names(trainer) -> None:
+    """A per-function ``check_rewards`` dict must name the trainer's reward functions (``reward_func_names``)."""
+    modes = trainer.grpo_custom.check_rewards
+    if isinstance(modes, dict):
+        unknown = sorted(set(modes) - set(trainer.reward_func_names))
+        if unknown:
+            raise ValueError(
+                f"check_rewards names {unknown}, which are not reward functions of this trainer; its reward "
+                f"functions are {list(trainer.reward_func_names)} (trainer.reward_func_names)."
+            )
+
+
+def reference_model(model, model_init_kwargs: dict):
+    """The frozen reference policy of a full (non-PEFT) model, for ``beta != 0`` or a KL regularizer.
+
+    TRL reloads the reference from the model's path (``config._name_or_path``); a model built in memory has
+    none (TRL then fails asking for a repo id ''), so it gets a frozen deep copy of itself as it is when the
+    trainer is built: the same starting policy the reload gives a model just loaded from its path.
+    """
+    from trl.trainer.utils import create_model_from_path, get_config_model_id
+
+    model_id = get_config_model_id(model.config)
+    if model_id:
+        return create_model_from_path(model_id, **model_init_kwargs)
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
 
 
 def _check_fast_path(trainer, args) -> None:
@@ -141,7 +185,11 @@ def _check_fast_path(trainer, args) -> None:
 
 
 def _guard_reward_functions(trainer, policy: str) -> None:
-    """Wrap every reward function (not model rewards) in ``guard_reward_function``; counts go to the metrics."""
+    """Wrap every reward function (not model rewards) in ``guard_reward_function``; counts go to the metrics.
+
+    The guard also passes the batch's step context (``step``, ``progress``, ``stage``, set per batch by
+    ``rewards.before_reward_functions``) under the names no dataset column uses.
+    """
     from grpo_custom.rewards.guard import guard_reward_function
     from grpo_custom.rewards.tasks import TaskRoutingError
 
@@ -155,7 +203,8 @@ def _guard_reward_functions(trainer, policy: str) -> None:
     trainer.reward_funcs = [
         func
         if isinstance(func, nn.Module)
-        else guard_reward_function(func, name, policy=policy, on_bad=record, reraise=(TaskRoutingError,))
+        else guard_reward_function(func, name, policy=policy, on_bad=record, reraise=(TaskRoutingError,),
+                                   extra_kwargs=lambda: extras.step_context)
         for func, name in zip(trainer.reward_funcs, trainer.reward_func_names)
     ]
 

@@ -12,7 +12,7 @@ FINGERPRINT_FIELDS = (
     "advantage_estimator", "advantage_estimator_kwargs", "multi_objective_aggregation", "scale_rewards", "beta",
     "loss_type", "num_generations", "epsilon", "epsilon_high", "delta", "importance_sampling_level",
     "mask_truncated_completions", "top_entropy_quantile", "regularizers", "reward_weights", "reward_schedule",
-    "task_column", "task_normalization", "task_weights",
+    "task_column", "task_normalization", "task_weights", "policy_loss", "policy_loss_kwargs",
 )
 
 

@@ -5,6 +5,7 @@ import torch
 
 from grpo_custom.algorithms.loss_aggregation import aggregate_like_loss_type
 from grpo_custom.algorithms.regularizers import RegularizerInputs
+from grpo_custom.fork.hooks.lengths import lengths_from_padded
 from grpo_custom.fork.hooks.metrics import _log_regularizer, _mode
 
 
@@ -59,7 +60,7 @@ def add_loss_regularizers(
     reg_inputs = RegularizerInputs(
         logps=per_token_logps, old_logps=old_per_token_logps, ref_logps=inputs.get("ref_per_token_logps"),
         mask=mask.float(), advantages=advantages, entropies=entropies, model=None,
-        completion_lengths=mask.sum(dim=1), importance_ratio=ratio,
+        completion_lengths=_loss_lengths(trainer, inputs, mask), importance_ratio=ratio,
     )
     for spec in specs:
         coef = spec.coef_at(step)
@@ -77,6 +78,15 @@ def add_loss_regularizers(
         )
         _log_regularizer(trainer, mode, spec, coef, {**metrics, "loss": contribution.item() * accumulation})
     return per_token_loss
+
+
+def _loss_lengths(trainer, inputs: dict, mask: torch.Tensor) -> torch.Tensor:
+    """Tokens generated per row of a loss micro-batch ([B]; :func:`lengths_from_padded`), not the loss mask."""
+    completion_ids, completion_mask = inputs.get("completion_ids"), inputs.get("completion_mask")
+    pad_id = getattr(getattr(trainer, "_tokenizer", None), "pad_token_id", None)
+    if completion_ids is None or completion_mask is None or pad_id is None:
+        return mask.sum(dim=1)
+    return lengths_from_padded(completion_ids, completion_mask, pad_id)
 
 
 def parameter_regularizer_loss(trainer, model) -> torch.Tensor | float:

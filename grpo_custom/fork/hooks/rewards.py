@@ -6,7 +6,9 @@ import logging
 
 from torch import nn
 
+from grpo_custom.fork.hooks.configure import reward_check_mode
 from grpo_custom.fork.hooks.metrics import _log, _mode
+from grpo_custom.fork.hooks.start import validate_at_start
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +33,8 @@ def schedule_context(trainer) -> dict:
     return {"step": step, "progress": progress, "stage": stage}
 
 
-def before_reward_functions(trainer, inputs, prompts, completions) -> dict:
-    """Set the reward weights in force for this batch and return the step-aware reward kwargs.
+def before_reward_functions(trainer, inputs, prompts, completions) -> None:
+    """Set the reward weights in force for this batch and the step context its reward functions receive.
 
     The weights are the reward schedule's at the generation step (see :func:`schedule_context`),
     over the configured ``reward_weights`` for rewards the schedule does not name; they stay in
@@ -45,11 +47,17 @@ def before_reward_functions(trainer, inputs, prompts, completions) -> dict:
     samples the schedule there).
     Logs ``schedule/stage`` (the stage index) and ``schedule/weight/<reward name>`` per batch.
 
-    Returns:
-        ``{"step", "progress", "stage"}``, added to the reward functions' keyword arguments.
+    ``{"step", "progress", "stage"}`` reach the reward functions as keyword arguments through their guard
+    (``configure._guard_reward_functions``), never through TRL's ``reward_kwargs``: TRL reads every entry
+    there as one value per row (its "All reward functions returned None" warning indexes them). A dataset
+    column with one of these names keeps its values. The first call runs :func:`validate_at_start`.
     """
     extras = trainer.grpo_custom
     context = schedule_context(trainer)
+    extras.step_context = context
+    if not extras.started:
+        extras.started = True
+        validate_at_start(trainer, inputs)
     mode = _mode(trainer)
     schedule = extras.reward_schedule
     if schedule is not None:
@@ -63,45 +71,50 @@ def before_reward_functions(trainer, inputs, prompts, completions) -> dict:
         _log(trainer, mode, "schedule/stage", stage_names.index(context["stage"]))
         for index, name in enumerate(trainer.reward_func_names):
             _log(trainer, mode, f"schedule/weight/{name}", current[index].item())
-    if not extras.rewards_checked and extras.check_rewards != "off":
+    if not extras.rewards_checked and any(reward_check_mode(extras, name) != "off" for name in trainer.reward_func_names):
         extras.rewards_checked = True
         _check_reward_directions(trainer, prompts, inputs)
-    return context
 
 
 def _check_reward_directions(trainer, prompts, inputs) -> None:
     """``check_reward`` on each rule reward function (the user's function, unguarded and unrouted).
 
-    The probes get the first two samples' prompts and dataset columns (e.g. a ``solution`` column).
-
-    Learned rewards (``nn.Module`` and ``RewardModelReward``) are not probed: their preferences are learned,
-    not written. Problems are logged as a warning, or raise ``ValueError`` with ``check_rewards="error"``.
+    The probes get the first two samples of the real batch: their prompts and dataset columns (e.g. a
+    ``solution`` column), and one probe per column stating that row's value. Each function's mode is
+    ``configure.reward_check_mode``. Learned rewards (``nn.Module`` and ``RewardModelReward``) are not probed:
+    their preferences are learned, not written. Problems are logged as a warning, or raise ``ValueError`` for
+    a function in mode ``"error"``; a direction that could not be established is logged (info) as unchecked.
     """
     from grpo_custom.rewards.direction_check import check_reward
     from grpo_custom.rewards.reward_model import RewardModelReward
 
-    mode = trainer.grpo_custom.check_rewards
-    problems = []
+    extras = trainer.grpo_custom
+    problems: dict[str, list[str]] = {"warn": [], "error": []}
     for func, name in zip(trainer.reward_funcs, trainer.reward_func_names):
+        mode = reward_check_mode(extras, name)
         inner = _user_reward_function(func)
-        if isinstance(inner, (nn.Module, RewardModelReward)):
+        if mode == "off" or isinstance(inner, (nn.Module, RewardModelReward)):
             continue
         columns = {key: [example[key] for example in inputs[:2]] for key in inputs[0]
                    if key not in ("prompt", "completion", "completion_ids")}
         report = check_reward(inner, prompts=list(prompts[:2]), columns=columns)
         if not report.ok:
-            problems.append(f"reward function {name!r}: " + "; ".join(report.problems))
-    if problems:
-        message = f"Reward check failed (check_rewards={mode!r}): " + " | ".join(problems)
-        if mode == "error":
-            raise ValueError(message + " Fix the reward, or set check_rewards='warn' or 'off' to train anyway.")
-        logger.warning(message)
+            problems[mode].append(f"reward function {name!r}: " + "; ".join(report.problems))
+        elif report.direction == "unchecked":
+            logger.info("Reward check of %r: no problem found; its direction is unchecked (no length preference "
+                        "found to judge).", name)
+    if problems["error"]:
+        raise ValueError("Reward check failed (check_rewards='error'): " + " | ".join(problems["error"])
+                         + " Fix the reward, or set its check_rewards mode to 'warn' or 'off' to train anyway.")
+    if problems["warn"]:
+        logger.warning("Reward check failed (check_rewards='warn'): " + " | ".join(problems["warn"]))
 
 
 def _user_reward_function(func):
     """The user's reward function inside the trainer's guard and task-routing wrappers."""
     from grpo_custom.rewards.tasks import RoutedRewardFunction
 
-    func = getattr(func, "__wrapped__", func)
-    return func.function if isinstance(func, RoutedRewardFunction) else func
+    while hasattr(func, "__wrapped__") or isinstance(func, RoutedRewardFunction):
+        func = func.function if isinstance(func, RoutedRewardFunction) else func.__wrapped__
+    return func
 

@@ -119,4 +119,5 @@ def code_execution_reward(
 
     code_execution_reward.last_reasons = []
     code_execution_reward.isolation = level
+    code_execution_reward.higher_is_better = True  # declared for the start-up direction check
     return code_execution_reward
