@@ -7,7 +7,7 @@ import trl
 
 import grpo_custom
 from tests.fork.test_trainer import _train as train
-from tests.helpers import changed_parameters
+from tests.helpers import changed_parameters, cpu_training_kwargs
 
 STEPS = 3
 
