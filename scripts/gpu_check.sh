@@ -21,6 +21,11 @@
 # GPU_CHECK_PYTHON overrides the interpreter (default: python3 on the GPU, ./.venv/bin/python in a dry run).
 # The exit status is 0 on the GPU whatever the parts' outcomes (they are in the report) unless the report
 # itself is invalid; with --dry-run it is non-zero unless the report is valid and every part is ok.
+# Measured on an H200 (2026-11-30, unsloth 2026.10.7; benchmarks/results/gpu-h200-2026-11-30.md): install 1 s,
+# environment 13 s, models 18 s; bench_loss needs ~200 s wall at 5 repeats (its 130 s cap stopped it); each
+# step_compare / e2e_step run spent 22-24 s importing and 4-5 s loading, and its first GRPO step (compile +
+# generation) did not finish in the ~55 s left. Before the next lent device, re-split the caps (or run the parts
+# over two calls with GPU_CHECK_PARTS): all of them do not fit one 470 s budget.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
