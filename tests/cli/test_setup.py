@@ -30,3 +30,20 @@ def test_setup_script_pins_cpu_torch_and_removes_cuda_torchvision():
     script = (ROOT / "scripts" / "setup.sh").read_text()
     assert "torch_cpu_version=2.13.0" in script and '-c "$constraints"' in script
     assert "uninstall --quiet --yes torchvision" in script
+
+
+def test_wheel_carries_every_subpackage_the_edits_and_the_support_matrix(tmp_path):
+    """A non-editable install (Colab's `pip install git+...`) gets the data files the package reads at run time."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("grpo_custom-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "grpo_custom/fork/support_matrix.json" in names
+    assert "grpo_custom/patches/grpo_trainer.py" in names
+    for package in ("algorithms", "rewards", "rewards/sandbox", "rewards/tasks", "fork", "fork/hooks", "unsloth",
+                    "cli", "testing", "utils"):
+        assert f"grpo_custom/{package}/__init__.py" in names, package
