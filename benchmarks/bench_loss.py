@@ -226,8 +226,9 @@ def make_problem(module, batch: int, tokens: int, hidden_size: int, vocab: int, 
     return LossProblem(hidden, lm_head, ids, mask, advantages, ref_logps, loss_kwargs, chunks)
 
 
-def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
-    """Name → function returning the scalar loss of one variant (backward is the caller's)."""
+def build_variants(module, policy_losses: list[str] | None = None) -> dict[str, Callable[[LossProblem], object]]:
+    """Name → function returning the scalar loss of one variant (backward is the caller's); ``policy_losses``
+    limits the ``policy <name>`` rows to those names (None: every registered one)."""
     import torch
     import unsloth_zoo.rl_replacements as zoo
 
@@ -315,7 +316,7 @@ def build_variants(module) -> dict[str, Callable[[LossProblem], object]]:
     if fused:  # unsloth_zoo >= 2026.10.9: its fused-linear kernel scores by default; the chunked scorer on request
         variants["entropy (Unsloth fused-linear)"] = with_entropy_fused
         variants["base (chunked scorer, keeps logits)"] = base_chunked_scorer
-    variants.update(policy_variants(module, fast_loss, chunked_logps))
+    variants.update(policy_variants(module, fast_loss, chunked_logps, policy_losses))
     return variants
 
 
@@ -359,7 +360,8 @@ def gradient_error_lines(errors: dict) -> list[str]:
     return lines
 
 
-def policy_variants(module, fast_loss, chunked_logps) -> dict[str, Callable[[LossProblem], object]]:
+def policy_variants(module, fast_loss, chunked_logps,
+                    names: list[str] | None = None) -> dict[str, Callable[[LossProblem], object]]:
     """``policy <name>`` for every registered policy loss: what a trainer runs with ``policy_loss=<name>`` (Unsloth's
     own term gets zero advantages, grpo-custom's term is added beside it); ``base`` is the default ``ppo_clip``."""
     from grpo_custom.algorithms.policy_losses import build_policy_loss_spec, list_policy_losses
@@ -378,7 +380,11 @@ def policy_variants(module, fast_loss, chunked_logps) -> dict[str, Callable[[Los
 
         return loss
 
-    return {f"policy {name}": variant(name) for name in list_policy_losses()}
+    known = list_policy_losses()
+    unknown = [name for name in names or () if name not in known]
+    if unknown:
+        raise ValueError(f"bench_loss: unknown policy loss(es) {unknown} in --policy-losses; registered: {known}")
+    return {f"policy {name}": variant(name) for name in (known if names is None else names)}
 
 
 @dataclass
@@ -532,21 +538,28 @@ def _ratio(by_variant: dict, numerator: str, denominator: str, attribute: str) -
     return f"{getattr(by_variant[numerator], attribute) / getattr(by_variant[denominator], attribute):.2f}"
 
 
-def auto_kernel_line(sizes: tuple, module) -> str:
-    """What a patched trainer's ``entropy_kernel="auto"`` picks for one loss call of these sizes."""
-    from grpo_custom.unsloth.decisions import scorer_keeps_logits, small_batch_rule
+def auto_kernel_line(sizes: tuple, module, device: str, vocab_size: int) -> str:
+    """What a patched trainer's ``entropy_kernel="auto"`` picks for one loss call of these sizes at ``vocab_size``,
+    with the LM head in this benchmark's dtype on ``device`` (bfloat16 on CUDA, float32 on CPU)."""
+    import torch
+
+    from grpo_custom.unsloth.decisions import fused_linear_holds_all_rows, scorer_keeps_logits, small_batch_rule
     from grpo_custom.unsloth.entropy_plan import EntropyKernelPlan, keeps_log_probs
 
-    batch, tokens, _ = sizes
+    batch, tokens, hidden_size = sizes
     plan = EntropyKernelPlan(mode="auto", total_rows=batch, multiplier=max(4, tokens // 4096),
                              scorer_keeps_logits=scorer_keeps_logits(),
                              small_batch=small_batch_rule(module.grpo_accumulated_loss))
-    kept = keeps_log_probs(plan, rows=batch, width=tokens, chunks=batch * plan.multiplier)
+    logits_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    fused_all = fused_linear_holds_all_rows(batch * tokens, hidden_size, vocab_size, torch.device(device))
+    kept = keeps_log_probs(plan, rows=batch, width=tokens, chunks=batch * plan.multiplier, logits_dtype=logits_dtype,
+                           fused_holds_all_rows=fused_all)
     own = ("fused-linear entropy (the `entropy (Unsloth fused-linear)` rows)"
            if unsloth_has_fused_linear() and not plan.scorer_keeps_logits
            else "recomputing kernel (the `entropy (recompute)` rows)")
     picked = "grpo-custom's one-pass kernel (the `entropy` rows)" if kept else f"Unsloth's {own}"
-    return (f"- `entropy_kernel=\"auto\"` in a trainer, for one loss call of {batch} rows × {tokens} tokens: {picked}")
+    return (f"- `entropy_kernel=\"auto\"` in a trainer, for one loss call of {batch} rows × {tokens} tokens at "
+            f"V={vocab_size}: {picked}")
 
 
 def resolve_device(requested: str) -> str:
@@ -574,6 +587,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokens", type=int, default=None, help="completion tokens T (default: the mode's)")
     parser.add_argument("--hidden", type=int, default=None, help="hidden size H (default: the mode's)")
     parser.add_argument("--vocab", type=int, nargs="+", default=None, help=f"vocabulary sizes (default {VOCAB_SIZES})")
+    parser.add_argument("--policy-losses", nargs="*", default=None, metavar="NAME",
+                        help="policy-loss rows to measure (default: every registered one; none: no policy rows)")
     parser.add_argument("--output", type=Path, default=None,
                         help="markdown file to write (default: benchmarks/RESULTS_loss_<device>.md; "
                              "--smoke writes none unless given)")
@@ -604,7 +619,7 @@ def main(argv: list[str] | None = None) -> dict:
         if device == "cpu":
             torch.set_num_threads(1)
         module = grpo_custom.patch_unsloth().module
-        variants = build_variants(module)
+        variants = build_variants(module, options.policy_losses)
         problems = {vocab: make_problem(module, *sizes, vocab, device) for vocab in vocab_sizes}
         meter = CudaPeakMemory() if device == "cuda" else CpuPeakMemory()
         peaks = {}
@@ -626,7 +641,7 @@ def main(argv: list[str] | None = None) -> dict:
         errors = {vocab: gradient_errors(variants, problem) for vocab, problem in problems.items()}
         del problems
         header = machine_header(device, sizes, repeats, meter)
-        header.append(auto_kernel_line(sizes, module))
+        header += [auto_kernel_line(sizes, module, device, vocab) for vocab in vocab_sizes]
         header.append(SCORER_LINE[unsloth_has_fused_linear()])
 
     title = f"Unsloth chunked GRPO loss with grpo-custom regularizers: {device.upper()}"

@@ -24,19 +24,41 @@
 # Measured on an H200 (2026-11-30, unsloth 2026.10.7; benchmarks/results/gpu-h200-2026-11-30.md): install 1 s,
 # environment 13 s, models 18 s; bench_loss needs ~200 s wall at 5 repeats (its 130 s cap stopped it); each
 # step_compare / e2e_step run spent 22-24 s importing and 4-5 s loading, and its first GRPO step (compile +
-# generation) did not finish in the ~55 s left. Before the next lent device, re-split the caps (or run the parts
-# over two calls with GPU_CHECK_PARTS): all of them do not fit one 470 s budget.
+# generation) did not finish in the ~55 s left. So all parts do not fit one 470 s call; a lent device's 15
+# minutes hold two calls (GPU_CHECK_CALL, or --call N, picks the parts of each):
+#   --call 1   environment, models, step_compare (one stock/fork pair at least), e2e_step   (~31 + 275 + 150 s)
+#   --call 2   environment, gpu_tests, bench_loss (fewer rows); budget 300 s                  (~13 + 110 + 170 s)
+# With a minute or two to start the machine, both fit the 15 device-minutes. Without --call every part runs, in
+# the order of the run_part lines below, each within its cap, until the budget is spent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 HERE=benchmarks/gpu_check
 
 MODE=gpu
-case "${1:-}" in
-    --dry-run) MODE=dry-run ;;
+CALL=${GPU_CHECK_CALL:-}
+CALL_BUDGET_S=
+PRINT_PARTS=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) MODE=dry-run ;;
+        --call) CALL=${2:-}; shift ;;
+        --print-parts) PRINT_PARTS=1 ;;
+        *) echo "usage: bash scripts/gpu_check.sh [--dry-run] [--call 1|2] [--print-parts]" >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$CALL" in
+    1) GPU_CHECK_PARTS=environment,models,step_compare,e2e_step ;;
+    2) GPU_CHECK_PARTS=environment,gpu_tests,bench_loss; CALL_BUDGET_S=300 ;;
     "") ;;
-    *) echo "usage: bash scripts/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+    *) echo "gpu_check.sh: --call (GPU_CHECK_CALL) must be 1 or 2, not '$CALL'" >&2; exit 2 ;;
 esac
+if [ -n "${PRINT_PARTS:-}" ]; then  # the parts this call would run (besides install) and its GPU budget, then exit
+    echo "${GPU_CHECK_PARTS:-environment,models,step_compare,e2e_step,gpu_tests,bench_loss}"
+    echo "${GPU_CHECK_BUDGET_S:-${CALL_BUDGET_S:-470}}"
+    exit 0
+fi
 
 START=$(date +%s)
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check_out.XXXXXX)}  # the device tool sets OUT
@@ -56,7 +78,7 @@ export HF_HOME=$WORK/hf XDG_CACHE_HOME=$WORK/cache MPLCONFIGDIR=$WORK/matplotlib
 export UNSLOTH_COMPILE_LOCATION=$WORK/unsloth_compiled GRPO_CUSTOM_CACHE_DIR=$WORK/grpo_custom_cache
 export TRITON_CACHE_DIR=$WORK/triton TORCHINDUCTOR_CACHE_DIR=$WORK/inductor
 if [ "$MODE" = gpu ]; then
-    BUDGET_S=${GPU_CHECK_BUDGET_S:-470}
+    BUDGET_S=${GPU_CHECK_BUDGET_S:-${CALL_BUDGET_S:-470}}
     PY=${GPU_CHECK_PYTHON:-python3}
     SMOKE=()
     unset UNSLOTH_ALLOW_CPU UNSLOTH_COMPILE_DISABLE TORCHDYNAMO_DISABLE
@@ -158,22 +180,25 @@ MODELS=$WORK/models
 if [ "$MODE" = gpu ]; then
     run_part environment  60  20 "$PY" "$HERE/env_info.py" --result "$WORK/environment.json"
     run_part models      100  40 "$PY" "$HERE/models.py" --out-dir "$MODELS" --result "$WORK/models.json"
-    run_part bench_loss  130  45 "$PY" "$HERE/bench_loss_part.py" --result "$WORK/bench_loss.json" \
-        --report "$OUT/bench_loss_cuda.md"
-    run_part step_compare 170 80 "$PY" "$HERE/step_compare.py" --model-dir "$MODELS/qwen2.5-0.5b" \
+    # caps from the H200 run of 2026-11-30: a GRPO run spends ~30 s importing and loading before its first step,
+    # whose compile + generation took over 55 s; bench_loss took ~200 s. All parts do not fit one call: see
+    # GPU_CHECK_CALL above (call 1: the step parts; call 2: the gpu tests and bench_loss).
+    run_part step_compare 275 150 "$PY" "$HERE/step_compare.py" --model-dir "$MODELS/qwen2.5-0.5b" \
         --result "$WORK/step_compare.json" --work-dir "$WORK/step_compare" --budget-s @BUDGET@
-    run_part e2e_step    120  60 "$PY" "$HERE/e2e_step.py" --model-dir "$MODELS/qwen2.5-1.5b" \
+    run_part e2e_step    150  90 "$PY" "$HERE/e2e_step.py" --model-dir "$MODELS/qwen2.5-1.5b" \
         --result "$WORK/e2e_step.json" --work-dir "$WORK/e2e_step" --budget-s @BUDGET@
-    run_part gpu_tests   150  45 "$PY" "$HERE/gpu_tests.py" --result "$WORK/gpu_tests.json" --budget-s @BUDGET@
+    run_part gpu_tests   110  45 "$PY" "$HERE/gpu_tests.py" --result "$WORK/gpu_tests.json" --budget-s @BUDGET@
+    run_part bench_loss  250  60 "$PY" "$HERE/bench_loss_part.py" --result "$WORK/bench_loss.json" \
+        --report "$OUT/bench_loss_cuda.md"
 else
     run_part environment  120 5 "$PY" "$HERE/env_info.py" --result "$WORK/environment.json" "${SMOKE[@]}"
     run_part models       180 5 "$PY" "$HERE/models.py" --out-dir "$MODELS" --result "$WORK/models.json" "${SMOKE[@]}"
-    run_part bench_loss   300 5 "$PY" "$HERE/bench_loss_part.py" --result "$WORK/bench_loss.json" \
-        --report "$OUT/bench_loss_smoke.md" "${SMOKE[@]}"
     run_part step_compare 400 5 "$PY" "$HERE/step_compare.py" --model-dir "$MODELS/qwen2.5-0.5b" \
         --result "$WORK/step_compare.json" --work-dir "$WORK/step_compare" --budget-s @BUDGET@ "${SMOKE[@]}"
     run_part e2e_step     300 5 "$PY" "$HERE/e2e_step.py" --model-dir "$MODELS/qwen2.5-1.5b" \
         --result "$WORK/e2e_step.json" --work-dir "$WORK/e2e_step" --budget-s @BUDGET@ "${SMOKE[@]}"
+    run_part bench_loss   300 5 "$PY" "$HERE/bench_loss_part.py" --result "$WORK/bench_loss.json" \
+        --report "$OUT/bench_loss_smoke.md" "${SMOKE[@]}"
     run_part gpu_tests    300 5 "$PY" "$HERE/gpu_tests.py" --result "$WORK/gpu_tests.json" --budget-s @BUDGET@ \
         "${SMOKE[@]}"
 fi

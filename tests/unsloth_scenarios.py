@@ -571,6 +571,7 @@ def entropy_kernels(model_dir, work):
     and ``top_entropy_quantile`` (whose mask reads the entropies), and records the LoRA gradients
     before the first optimizer step and how often each kernel ran with ``return_entropy=True``.
     """
+    import torch
     from transformers import TrainerCallback
 
     import grpo_custom
@@ -599,6 +600,7 @@ def entropy_kernels(model_dir, work):
         "auto": {"entropy_kernel": "auto"},
         "keep_log_probs_float32": {"entropy_kernel": "keep_log_probs", "float32_loss": True},
         "recompute_float32": {"entropy_kernel": "recompute", "float32_loss": True},
+        "auto_float32": {"entropy_kernel": "auto", "float32_loss": True},
     }
     entropy_options = {"regularizers": [{"name": "entropy", "coef": 0.05}], "entropy_coef": 0.02,
                        "top_entropy_quantile": 0.5}
@@ -608,10 +610,19 @@ def entropy_kernels(model_dir, work):
 
         patched = zoo.chunked_hidden_states_selective_log_softmax_recompute
 
+        from grpo_custom.unsloth.decisions import fused_linear_holds_all_rows
+        from grpo_custom.unsloth.entropy_plan import head_matmul_dtype
+
+        auto_inputs = {"float32_logits": [], "fused_holds_all_rows": []}  # what auto's rule reads, per entropy call
+
         def counting_entropy_calls(*args, **kwargs):
             if kwargs.get("return_entropy", False):
                 calls["entropy_calls"] += 1
                 calls["rows"].append(int(args[0].shape[0]))  # 1: the packed-sequence call
+                hidden, head = args[0], args[1]
+                auto_inputs["float32_logits"].append(head_matmul_dtype(hidden, head, False) == torch.float32)
+                auto_inputs["fused_holds_all_rows"].append(fused_linear_holds_all_rows(
+                    hidden.numel() // hidden.shape[-1], head.shape[1], head.shape[0], head.device))
             return patched(*args, **kwargs)
 
         zoo.chunked_hidden_states_selective_log_softmax_recompute = counting_entropy_calls
@@ -622,6 +633,7 @@ def entropy_kernels(model_dir, work):
             for name, overrides in [*cases.items(), *extra_cases]:
                 options = overrides if name in dict(extra_cases) else {**entropy_options, **overrides}
                 calls.update(one_pass=0, entropy_calls=0, rows=[])
+                auto_inputs.update(float32_logits=[], fused_holds_all_rows=[])
                 capture = CaptureGradients()
                 trainer, trainable, frozen, _ = _train(
                     grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, model_dir, os.path.join(work, name), steps=2,
@@ -631,12 +643,13 @@ def entropy_kernels(model_dir, work):
                 result[name] = {"calls": dict(calls), "trainable_changed": len(trainable),
                                 "frozen_changed": len(frozen),
                                 "entropy_metric": logged[0].get("regularizers/entropy/value"),
-                                "loss": logged[0]["loss"]}
+                                "loss": logged[0]["loss"],
+                                "auto_inputs": {key: sorted(set(values)) for key, values in auto_inputs.items()}}
         finally:
             zoo.chunked_hidden_states_selective_log_softmax_recompute = patched
             entropy_kernel.ChunkedLogProbsAndEntropy.apply = one_pass_apply
     for name, reference_name in (("keep_log_probs", "recompute"), ("auto", "recompute"),
-                                 ("keep_log_probs_float32", "recompute_float32")):
+                                 ("keep_log_probs_float32", "recompute_float32"), ("auto_float32", "recompute_float32")):
         reference = gradients[reference_name]
         result[name]["gradient_relative_error"] = max(_relative_error(gradients[name][key], grad)
                                                       for key, grad in reference.items())

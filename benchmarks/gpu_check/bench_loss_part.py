@@ -2,9 +2,10 @@
 
     python benchmarks/gpu_check/bench_loss_part.py --result PATH --report PATH [--smoke] [bench_loss options]
 
-GPU: ``bench_loss.py --device cuda --batch 8 --tokens 1024 --hidden 1536 --vocab 151936 --repeats 5``
-(Qwen2.5-1.5B's hidden size and vocabulary; peak CUDA memory and median time of the chunked GRPO loss's
-forward + backward per variant). ``--smoke`` (CPU): ``--smoke --device cpu --vocab 32000 --repeats 1``.
+GPU: ``bench_loss.py --device cuda --batch 8 --tokens 1024 --hidden 1536 --vocab 151936 --repeats 3
+--policy-losses ppo_clip gspo`` (Qwen2.5-1.5B's hidden size and vocabulary; peak CUDA memory and median time of
+the chunked GRPO loss's forward + backward per variant; two policy-loss rows only: on the H200 of 2026-11-30
+seven variants took ~200 s, and eighteen would not fit the check's second call). ``--smoke`` (CPU): ``--smoke --device cpu --vocab 32000 --repeats 1``.
 The markdown report goes to ``--report``; every row and target verdict goes into the result file.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from gpu_check_common import ResultFile
 
 BENCH = Path(__file__).resolve().parent.parent / "bench_loss.py"
 GPU_ARGS = ["--device", "cuda", "--batch", "8", "--tokens", "1024", "--hidden", "1536", "--vocab", "151936",
-            "--repeats", "5"]
+            "--repeats", "3", "--policy-losses", "ppo_clip", "gspo"]
 SMOKE_ARGS = ["--smoke", "--device", "cpu", "--vocab", "32000", "--repeats", "1"]
 
 

@@ -66,6 +66,25 @@ def scorer_keeps_logits() -> bool:
     return bool(decide())
 
 
+def fused_linear_holds_all_rows(n_rows: int, hidden_size: int, vocab_size: int, device: torch.device) -> bool:
+    """Whether the installed fused-linear kernel scores ``n_rows`` tokens in one row chunk, holding float32
+    logits [n_rows, V] at once (its ``fused_linear_rows`` answers; its row chunk has a floor of hundreds of rows).
+
+    False where unsloth_zoo has no fused-linear kernel (<= 2026.10.8). Used by ``entropy_kernel="auto"``:
+    grpo-custom's kernel keeps float32 log-probs [n_rows, V], so it costs no more where Unsloth's kernel holds all
+    rows anyway (measured on CPU at 384 rows, V=151,936: 0.16× against 1.14× base memory, 0.45× against 1.72×
+    base time; ``benchmarks/RESULTS_loss_cpu.md``).
+    """
+    try:
+        from unsloth_zoo.fused_losses import fused_linear
+    except ModuleNotFoundError as exc:  # PRE_FUSED_SCORER (unsloth_zoo <= 2026.10.8): no fused-linear kernel
+        if (exc.name or "").startswith("unsloth_zoo.fused_losses"):
+            return False
+        raise
+    rows = fused_linear.fused_linear_rows(int(n_rows), int(hidden_size), int(vocab_size), 4, device)
+    return int(rows) >= int(n_rows)
+
+
 def token_weights(compute_loss, input_ids: torch.Tensor, mask: torch.Tensor, loss_kwargs: dict) -> torch.Tensor:
     """Per-token weights w [B, T] with Σ w·x == how ``compute_loss`` (Unsloth's grpo_compute_loss) aggregates x.
 

@@ -189,6 +189,11 @@ def chunk_bounds(n_rows: int, chunks: int, max_rows_per_chunk: int = 0) -> tuple
     return tuple((i * n_rows) // chunks for i in range(chunks + 1))
 
 
+def fp32_lm_head_from_environment() -> bool:
+    """Unsloth's ``UNSLOTH_VLLM_FP32_LM_HEAD`` switch (project the LM head in float32), read as Unsloth reads it."""
+    return _env_flag("UNSLOTH_VLLM_FP32_LM_HEAD")
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "on", "yes")
 
@@ -229,7 +234,7 @@ def chunked_logps_and_entropies(
     if max_rows_per_chunk is None:
         max_rows_per_chunk = _env_int("UNSLOTH_GRPO_MAX_ROWS_PER_CHUNK")
     if fp32_lm_head is None:
-        fp32_lm_head = _env_flag("UNSLOTH_VLLM_FP32_LM_HEAD")
+        fp32_lm_head = fp32_lm_head_from_environment()
     flat_hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
     flat_index = index.reshape(-1)
     bounds = chunk_bounds(flat_hidden.shape[0], chunks, max_rows_per_chunk)

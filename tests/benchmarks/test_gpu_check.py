@@ -28,6 +28,49 @@ def _load(name: str):
 report = _load("report")
 
 
+def _call(*args: str) -> tuple[list[str], int]:
+    """(parts besides install, GPU budget in s) of ``gpu_check.sh ARGS``, as its --print-parts says."""
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", *args, "--print-parts"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK")})
+    assert done.returncode == 0, done.stderr
+    parts, budget = done.stdout.split()
+    return parts.split(","), int(budget)
+
+
+MEASURED_S = {"install": 1.4, "environment": 12.9, "models": 18.3}  # H200, 2026-11-30 (benchmarks/results)
+DEVICE_S, START_S, RESERVE_S = 900, 120, 8  # a lent device's 15 minutes; its start ("a minute or more"); the script's
+
+
+def test_the_two_calls_cover_every_part_and_fit_the_device_time():
+    """A lent device's 15 minutes hold two calls: between them every part runs; in each call the parts' caps (measured
+    seconds for the three short ones) fit that call's budget, and both budgets plus a start fit the device time."""
+    (first, budget_1), (second, budget_2) = _call("--call", "1"), _call("--call", "2")
+    everything, budget_all = _call()
+    assert set(first) | set(second) | {"install"} == set(report.PARTS) == set(everything) | {"install"}
+    assert budget_all == budget_1 == 470 and budget_2 == 300
+    gpu_branch = (ROOT / "scripts" / "gpu_check.sh").read_text().split('if [ "$MODE" = gpu ]; then\n    run_part env')
+    caps = {}
+    for line in ("    run_part env" + gpu_branch[1]).split("\nelse\n")[0].splitlines():
+        words = line.split()
+        if words[:1] == ["run_part"]:
+            caps[words[1]] = int(words[2])
+    assert list(caps) == everything, caps  # the run_part lines run in the order --print-parts gives
+    needed_1 = MEASURED_S["install"] + sum(MEASURED_S.get(part, caps[part]) for part in first)
+    assert needed_1 <= budget_1 - RESERVE_S, (first, needed_1)
+    # call 2 ends with bench_loss, cut to what the budget leaves after the gpu tests' cap (~170 s of its 250 s cap)
+    assert second[-1] == "bench_loss"
+    left_for_bench = budget_2 - RESERVE_S - MEASURED_S["install"] - MEASURED_S["environment"] - caps["gpu_tests"]
+    assert left_for_bench >= 60 + 100, left_for_bench
+    assert START_S + budget_1 + budget_2 <= DEVICE_S
+    assert sum(MEASURED_S.get(part, caps[part]) for part in everything) > budget_all - RESERVE_S  # why two calls
+
+
+def test_an_unknown_call_is_refused():
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", "--call", "3"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "--call (GPU_CHECK_CALL) must be 1 or 2, not '3'" in done.stderr
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check_out")

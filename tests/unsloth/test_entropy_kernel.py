@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from grpo_custom.unsloth.decisions import SmallBatchRule
 from grpo_custom.unsloth.entropy_kernel import LogitTransform, chunk_bounds, chunked_logps_and_entropies
-from grpo_custom.unsloth.entropy_plan import EntropyKernelPlan, keeps_log_probs
+from grpo_custom.unsloth.entropy_plan import EntropyKernelPlan, head_matmul_dtype, keeps_log_probs
 
 TRANSFORMS = {
     "plain": {},
@@ -248,4 +248,23 @@ PLAN = plan()
 ])
 def test_auto_keeps_log_probs_exactly_where_unsloths_log_prob_path_keeps_logits(plan, rows, width, chunks, kept):
     assert keeps_log_probs(plan, rows, width, chunks) is kept
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_auto_runs_unsloths_kernel_beside_16_bit_logits(dtype):
+    """Unsloth keeps 16-bit chunk logits when the LM head runs in 16 bits; float32 log-probs would double that
+    (2.01x base memory on an H200, benchmarks/results/gpu-h200-2026-11-30.md), so auto does not keep them."""
+    assert keeps_log_probs(PLAN, 16, 4096, 64, torch.float32) is True
+    assert keeps_log_probs(PLAN, 16, 4096, 64, dtype) is False
+    assert keeps_log_probs(PLAN, 1, 9000, 64, dtype) is False  # the packed call too
+    assert keeps_log_probs(plan("keep_log_probs"), 16, 4096, 64, dtype) is True  # an explicit choice stands
+
+
+def test_head_matmul_dtype_follows_fp32_head_autocast_and_the_head():
+    hidden, head16 = torch.zeros(2, 4), torch.zeros(8, 4, dtype=torch.bfloat16)
+    assert head_matmul_dtype(hidden, head16, fp32_lm_head=False) == torch.bfloat16
+    assert head_matmul_dtype(hidden, head16, fp32_lm_head=True) == torch.float32
+    assert head_matmul_dtype(hidden, head16.float(), fp32_lm_head=False) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head_matmul_dtype(hidden, head16.float(), fp32_lm_head=False) == torch.bfloat16
 

@@ -189,12 +189,20 @@ FP16_RESOLUTION = 2.0**-9
 def test_entropy_kernel_option_picks_the_kernel_and_both_give_the_same_gradients(tmp_path_factory, packing):
     result = run_scenario("entropy_kernels", tmp_path_factory, packing=packing)
     # keep_log_probs runs the one-pass kernel for every entropy call (one 4-row mini-batch, or the packed call);
-    # auto does so only where the installed Unsloth's own scorer keeps its chunk logits (2026.10.7/.8: always
-    # at these sizes; 2026.10.9: not while its fused-linear scorer runs), else Unsloth's own entropy kernel
-    auto_uses_one_pass = result["unsloth_scorer_keeps_logits"]
-    for name in ("keep_log_probs", "auto", "trl_entropy_coef_only", "keep_log_probs_float32"):
+    # auto does so only where the LM head runs in float32 and the installed Unsloth holds float32 logits of those
+    # tokens anyway: its chunked scorer keeps them (2026.10.7/.8 at these sizes), or its fused-linear scorer
+    # (2026.10.9) takes all of them in one row chunk. Under Unsloth's 16-bit autocast ("auto", and TRL's
+    # entropy_coef, which runs auto) the head runs in float16: Unsloth's own entropy kernel.
+    for name in ("auto", "trl_entropy_coef_only"):
+        assert result[name]["auto_inputs"]["float32_logits"] == [False], result[name]
+    assert result["auto_float32"]["auto_inputs"]["float32_logits"] == [True], result["auto_float32"]
+    float32_auto_one_pass = result["unsloth_scorer_keeps_logits"] or (
+        result["auto_float32"]["auto_inputs"]["fused_holds_all_rows"] == [True])
+    assert float32_auto_one_pass  # every supported Unsloth holds these few tokens' float32 logits at once
+    expected_one_pass = {"keep_log_probs": True, "keep_log_probs_float32": True, "auto": False,
+                         "trl_entropy_coef_only": False, "auto_float32": True}
+    for name, one_pass in expected_one_pass.items():
         calls = result[name]["calls"]
-        one_pass = name != "auto" and name != "trl_entropy_coef_only" or auto_uses_one_pass
         assert calls["entropy_calls"] > 0, (name, calls)
         assert calls["one_pass"] == (calls["entropy_calls"] if one_pass else 0), (name, calls)
         # the packed path scores all completions as one row; the padded loop as one 4-row mini-batch
@@ -206,13 +214,13 @@ def test_entropy_kernel_option_picks_the_kernel_and_both_give_the_same_gradients
     for name in ("keep_log_probs", "recompute", "auto", "trl_entropy_coef_only", "no_entropy"):
         assert result[name]["trainable_changed"] > 0 and result[name]["frozen_changed"] == 0, name
     assert result["gradient_tensors"] > 0 and result["gradient_scale"] > 0
-    assert result["keep_log_probs_float32"]["gradient_relative_error"] < 1e-4, result["keep_log_probs_float32"]
+    for name in ("keep_log_probs_float32", "auto_float32"):
+        assert result[name]["gradient_relative_error"] < 1e-4, (name, result[name])
     for name in ("keep_log_probs", "auto"):
         assert result[name]["gradient_relative_error"] < FP16_RESOLUTION, (name, result[name]["gradient_relative_error"])
         assert result[name]["loss"] == pytest.approx(result["recompute"]["loss"], rel=1e-5, abs=1e-7)
         assert result[name]["entropy_metric"] == pytest.approx(result["recompute"]["entropy_metric"], rel=1e-5)
-    if not auto_uses_one_pass:
-        assert result["auto"]["gradient_relative_error"] == 0.0  # Unsloth's own kernel, as with "recompute"
+    assert result["auto"]["gradient_relative_error"] == 0.0  # Unsloth's own kernel, as with "recompute"
 
 
 def test_scenario_runner_starts_after_every_scenario_is_registered():
