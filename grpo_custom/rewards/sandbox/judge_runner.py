@@ -1,13 +1,27 @@
-"""The judge process's program: run the dataset's tests against the solution process; write the verdict.
+"""The judge server's program: run the dataset's tests of one program after another; return each verdict.
 
 Runs as ``codec.py`` + this file, compiled by the trainer and read from stdin by ``launch.BOOTSTRAP``
-(``python -I -S -B -c``), followed there by a JSON payload (the tests, the solution's source text,
-the limits and three file descriptors). No model code ever runs here:
-the tests reach the solution only through ``_Remote`` stand-ins whose operations are requests
-to the solution process, and what comes back is plain data (``codec.py``) or another stand-in.
-The verdict goes to a pipe only this process and the trainer hold: ``{"passed": true}`` once the
-whole test code ran without an exception, else ``{"passed": false, "reason": ...}`` with
-``"solution_ended": true`` when the solution process ended or broke the protocol.
+(``python -I -S -B -c``), followed there by a JSON payload (the limits and ``control_fd``: this
+process's end of a Unix socket pair whose other end only the trainer holds; ``judge_pool.py``
+starts and retires these servers). Per program the trainer sends, on that socket, a length-prefixed
+JSON ``{"tests", "solution"}`` (the solution's source text) with two descriptors attached
+(``SCM_RIGHTS``): the write end of the request pipe and the read end of the reply pipe of a solution
+process started for that program. No model code ever runs here: the tests reach the solution only
+through ``_Remote`` stand-ins whose operations are requests to the solution process, and what comes
+back is plain data (``codec.py``) or another stand-in. The verdict goes back on the socket:
+``{"passed": true}`` once the whole test code ran without an exception, else ``{"passed": false,
+"reason": ...}`` with ``"solution_ended": true`` when the solution process ended or broke the
+protocol; plus ``"cpu"`` (this process's CPU seconds so far) and ``"retire"`` (true: the trainer
+must not reuse this server, which then exits).
+
+Hygiene between programs: the tests run in a fresh namespace; this module's state (``_JUDGE``,
+``_FOREIGN_ERRORS``), ``sys.stdout``/``sys.stderr`` and the ``builtins`` module are reset; both
+descriptors are closed. The server asks to be retired when a test raised a ``BaseException`` that
+is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``...), or left a thread or a child
+process behind; stdlib modules the tests changed stay changed until the trainer retires the server
+(after ``judge_pool.PROGRAMS_PER_SERVER`` programs at most). Printed output goes to this process's
+stdout/stderr pipe, which the trainer reads and attributes to the program under way (it is flushed
+before each verdict is sent).
 
 Names the tests use without binding them resolve to, in order: builtins; a standard-library
 module of that name (imported here); the same import when the solution binds the name only by
@@ -45,8 +59,9 @@ class _SolutionGone(BaseException):
     """The solution process ended or broke the protocol (not an ``Exception``: tests cannot catch it by accident)."""
 
 
-_JUDGE = {"broken": None}
+_JUDGE = {"broken": None, "retire": False}
 _FOREIGN_ERRORS = {}
+_PROGRAM_BYTES = 1 << 30
 
 
 def _judge_fail(message):
@@ -295,6 +310,8 @@ def _judge_run(payload):
     except _SolutionGone:
         pass
     except BaseException as exc:
+        if not isinstance(exc, Exception):
+            _JUDGE["retire"] = True  # SystemExit, KeyboardInterrupt...: this interpreter may be in any state
         if _JUDGE["broken"] is None:
             return {"passed": False, "reason": "failed: " + _judge_describe(exc)}
     if _JUDGE["broken"] is not None:
@@ -302,20 +319,85 @@ def _judge_run(payload):
     return {"passed": True, "reason": "passed"}
 
 
-def _judge_main():
-    payload = read_payload()
-    for name, (soft, hard) in payload["rlimits"].items():
-        _resource.setrlimit(getattr(_resource, name), (soft, hard))
-    _JUDGE.update(request_fd=payload["request_fd"], response_fd=payload["response_fd"],
-                  limit=payload["message_bytes"])
-    verdict_fd = payload["verdict_fd"]
-    verdict = _judge_run(payload)
+def _judge_flush():
     for stream in (_sys.stdout, _sys.stderr):
         try:
             stream.flush()
         except BaseException:
             pass
-    send_message(verdict_fd, verdict)
+
+
+def _judge_receive(control, socket_module):
+    """The next program and its two descriptors from the trainer, or None (end of file, malformed)."""
+    header, fds, _flags, _address = socket_module.recv_fds(control, 4, 2)
+    if len(fds) != 2 or not header:
+        for fd in fds:
+            _os.close(fd)
+        return None
+    while len(header) < 4:
+        more = control.recv(4 - len(header))
+        if not more:
+            return None
+        header += more
+    size, chunks = int.from_bytes(header, "big"), []
+    if size > _PROGRAM_BYTES:
+        return None
+    while size:
+        chunk = control.recv(min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return loads(b"".join(chunks).decode("utf-8")), fds
+
+
+def _judge_has_children():
+    try:
+        return _os.waitpid(-1, _os.WNOHANG) is not None
+    except ChildProcessError:
+        return False
+
+
+def _judge_main():
+    import _thread
+    import socket as socket_module
+
+    payload = read_payload()
+    for name, (soft, hard) in payload["rlimits"].items():
+        _resource.setrlimit(getattr(_resource, name), (soft, hard))
+    control_fd, limit = payload["control_fd"], payload["message_bytes"]
+    control = socket_module.socket(fileno=control_fd)
+    builtins_state = dict(vars(_builtins))
+    streams = (_sys.stdout, _sys.stderr)
+    while True:
+        try:
+            received = _judge_receive(control, socket_module)
+        except (OSError, ValueError, UnicodeDecodeError):
+            received = None
+        if received is None:
+            break
+        program, (request_fd, response_fd) = received
+        _JUDGE.clear()
+        _JUDGE.update(broken=None, retire=False, request_fd=request_fd, response_fd=response_fd, limit=limit)
+        _FOREIGN_ERRORS.clear()
+        try:
+            verdict = _judge_run(program)
+        finally:
+            _os.close(request_fd)  # the solution process sees the end of its requests
+            _os.close(response_fd)
+        del program
+        _judge_flush()
+        _sys.stdout, _sys.stderr = streams
+        current = vars(_builtins)
+        if current.keys() != builtins_state.keys() or any(current[k] is not v for k, v in builtins_state.items()):
+            current.clear()
+            current.update(builtins_state)
+        retire = _JUDGE["retire"] or _thread._count() > 0 or _judge_has_children()
+        usage = _resource.getrusage(_resource.RUSAGE_SELF)
+        verdict.update(cpu=usage.ru_utime + usage.ru_stime, retire=retire)
+        send_message(control_fd, verdict)
+        if retire:
+            break
     _os._exit(0)
 
 

@@ -1,13 +1,11 @@
-"""Start one run's two processes at an isolation level, watch their pipes to a deadline, end them.
+"""Start the sandboxed processes at an isolation level, and end them.
 
-The solution process runs ``solution_runner.py`` with the model's code; the judge process runs
-``judge_runner.py`` with the tests. Three pipes join them: judge -> solution (requests),
-solution -> judge (replies), judge -> trainer (the verdict; the solution process never holds it).
-Each program gets its compiled runner and its payload on stdin from a memfd, never on disk. The trainer reads
-stdout/stderr of both and stops reading (and kills the run) past ``output_bytes``. The run ends at
-the verdict, at the deadline, or when the judge exits; then both process groups are SIGKILLed.
-At OS isolation each process is a bwrap sandbox in its own PID namespace: killing bwrap (and its
-group) kills the namespace's init, which makes the kernel kill everything left inside it.
+Each process gets its compiled runner and its payload on stdin from a memfd, never on disk, and runs
+``python -I -S -B -c BOOTSTRAP``. At OS isolation (``OsLevel``) each process is a bwrap sandbox in
+its own PID namespace: killing bwrap's init kills everything left inside it. At process level
+(``ProcessLevel``) a process is a plain subprocess in a host temporary directory. ``pair.py`` starts
+a program's solution process here; ``judge_pool.py`` starts its long-lived judge servers here, with
+the same command line (``bwrap.bwrap_command``) and the same seccomp filter.
 """
 from __future__ import annotations
 
@@ -16,23 +14,17 @@ import json
 import marshal
 import os
 import select
-import selectors
 import signal
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from grpo_custom.rewards.sandbox.bwrap import ENVIRONMENT, WORKDIR, bwrap_command, os_backend, seccomp_memfd
 from grpo_custom.rewards.sandbox.cleanup import remove_tree
-from grpo_custom.rewards.sandbox.limits import MESSAGE_BYTES, SandboxLimits
-from grpo_custom.rewards.sandbox.process_guard import GUARD_SOURCE, guard_config
+from grpo_custom.rewards.sandbox.limits import SandboxLimits
 
 _HERE = Path(__file__).resolve().parent
-_VERDICT_BYTES = 1 << 16
-_DRAIN_SECONDS = 1.0
 
 
 class SandboxUnavailableError(RuntimeError):
@@ -63,25 +55,7 @@ def program_code(runner: str) -> bytes:
     return len(code).to_bytes(4, "big") + code
 
 
-@dataclass
-class RunOutcome:
-    """Raw facts of one run, classified by ``verdict.py``."""
-
-    verdict: dict | None
-    solution_returncode: int | None  # None: still running when the run ended (then killed)
-    judge_returncode: int | None
-    solution_stdout: bytes
-    solution_stderr: bytes
-    judge_output: bytes
-    timed_out: bool
-    output_exceeded: str | None  # "solution" or "judge"
-    wall_time: float
-    pid: int
-    workdir: str | None
-    cleanup_problem: str | None
-
-
-def _memfd(data: bytes, name: str) -> int:
+def memfd(data: bytes, name: str) -> int:
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     view = memoryview(data)
     while view:
@@ -90,7 +64,7 @@ def _memfd(data: bytes, name: str) -> int:
     return fd
 
 
-class _OsLevel:
+class OsLevel:
     """Each process in its own bwrap sandbox, its own tmpfs at ``/work``."""
 
     guard = False
@@ -159,7 +133,7 @@ class _OsLevel:
                 pass
             select.select([pidfd], [], [], 5.0)  # readable once it has exited
             os.close(pidfd)
-        _kill(process)
+        kill_group(process)
 
     def release(self, process: subprocess.Popen) -> None:
         os.close(process.grpo_info_fd)
@@ -168,7 +142,7 @@ class _OsLevel:
         return None  # the tmpfs lived in the sandbox's mount namespace and went with it
 
 
-class _ProcessLevel:
+class ProcessLevel:
     """Plain ``python -I -S`` subprocesses in host temporary directories (no OS isolation)."""
 
     guard = True
@@ -191,7 +165,7 @@ class _ProcessLevel:
                                 env=environment, start_new_session=True)
 
     def kill(self, process: subprocess.Popen) -> None:
-        _kill(process)
+        kill_group(process)
 
     def release(self, process: subprocess.Popen) -> None:
         pass
@@ -200,7 +174,7 @@ class _ProcessLevel:
         return remove_tree(self.workdir)
 
 
-def _kill(process: subprocess.Popen | None) -> None:
+def kill_group(process: subprocess.Popen | None) -> None:
     if process is None:
         return
     for kill in (lambda: os.killpg(process.pid, signal.SIGKILL), process.kill):
@@ -210,137 +184,6 @@ def _kill(process: subprocess.Popen | None) -> None:
             pass
 
 
-def _parse_verdict(data: bytes) -> dict | None:
-    if len(data) < 4:
-        return None
-    size = int.from_bytes(data[:4], "big")
-    if len(data) < 4 + size:
-        return None
-    try:
-        verdict = json.loads(data[4 : 4 + size].decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return {"passed": False, "reason": "judge: malformed verdict"}
-    if not (isinstance(verdict, dict) and isinstance(verdict.get("passed"), bool)):
-        return {"passed": False, "reason": "judge: malformed verdict"}
-    return verdict
-
-
-def run_pair(code: str, tests: str, limits: SandboxLimits, level: str) -> RunOutcome:
-    """Run ``code`` (solution process) against ``tests`` (judge process) at ``level`` ("os" or "process")."""
-    backend = _OsLevel(limits) if level == "os" else _ProcessLevel(limits)
-    start = time.monotonic()
-    deadline = start + limits.timeout
-    request_r, request_w = os.pipe()
-    response_r, response_w = os.pipe()
-    verdict_r, verdict_w = os.pipe()
-    rlimits = limits.rlimits(backend.nproc)
-    solution = judge = None
-    to_close = [request_r, request_w, response_r, response_w, verdict_w]
-    try:
-        solution_payload = {"code": code, "rlimits": rlimits, "request_fd": request_r, "response_fd": response_w,
-                            "message_bytes": MESSAGE_BYTES}
-        if backend.guard:
-            solution_payload.update(guard=GUARD_SOURCE, guard_config=guard_config(backend.workdir_for("solution")))
-        judge_payload = {"tests": tests, "solution": code, "rlimits": rlimits, "request_fd": request_w,
-                         "response_fd": response_r, "verdict_fd": verdict_w, "message_bytes": MESSAGE_BYTES}
-        for role, payload, fds in (("solution", solution_payload, (request_r, response_w)),
-                                   ("judge", judge_payload, (request_w, response_r, verdict_w))):
-            stdin = _memfd(program_code(role + "_runner.py") + json.dumps(payload).encode("utf-8"), "grpo-sandbox-" + role)
-            try:
-                stderr = subprocess.PIPE if role == "solution" else subprocess.STDOUT
-                process = backend.popen(role, BOOTSTRAP, stdin, fds, stderr)
-            finally:
-                os.close(stdin)
-            if role == "solution":
-                solution = process
-            else:
-                judge = process
-    except BaseException:
-        if solution is not None:
-            backend.kill(solution)
-            solution.wait()
-            backend.release(solution)
-        os.close(verdict_r)
-        backend.cleanup()
-        raise
-    finally:
-        for fd in to_close:
-            os.close(fd)
-    try:
-        outcome = _watch(backend, solution, judge, verdict_r, limits, deadline)
-    finally:
-        backend.release(solution)
-        backend.release(judge)
-    cleanup_problem = backend.cleanup()
-    return RunOutcome(**outcome, wall_time=time.monotonic() - start, pid=solution.pid, workdir=backend.workdir,
-                      cleanup_problem=cleanup_problem)
-
-
-def _watch(backend, solution: subprocess.Popen, judge: subprocess.Popen, verdict_r: int, limits: SandboxLimits,
-           deadline: float) -> dict:
-    streams = {solution.stdout.fileno(): "solution_stdout", solution.stderr.fileno(): "solution_stderr",
-               judge.stdout.fileno(): "judge_output", verdict_r: "verdict"}
-    buffers = {name: bytearray() for name in streams.values()}
-    totals = {"solution": 0, "judge": 0}
-    selector = selectors.DefaultSelector()
-    for fd in streams:
-        os.set_blocking(fd, False)
-        selector.register(fd, selectors.EVENT_READ)
-    verdict, timed_out, exceeded, verdict_closed = None, False, None, False
-
-    def read_ready(timeout: float) -> None:
-        nonlocal exceeded, verdict_closed
-        for key, _ in selector.select(timeout):
-            try:
-                data = os.read(key.fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            name = streams[key.fd]
-            if not data:
-                selector.unregister(key.fd)
-                verdict_closed = verdict_closed or name == "verdict"
-                continue
-            if name == "verdict":
-                buffers[name] += data[: _VERDICT_BYTES - len(buffers[name])]
-                continue
-            owner = "judge" if name == "judge_output" else "solution"
-            room = limits.output_bytes - totals[owner]
-            totals[owner] += len(data)
-            buffers[name] += data[: max(room, 0)]
-            if totals[owner] > limits.output_bytes and exceeded is None:
-                exceeded = owner
-
-    try:
-        while verdict is None and exceeded is None and not verdict_closed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            read_ready(remaining)
-            verdict = _parse_verdict(bytes(buffers["verdict"]))
-        if verdict is not None and verdict.get("solution_ended"):
-            try:  # let the solution's own exit status arrive (it explains why it ended)
-                solution.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                pass
-        solution_returncode, judge_returncode = solution.poll(), judge.poll()
-        backend.kill(solution)
-        backend.kill(judge)
-        for process in (solution, judge):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        drain_end = time.monotonic() + _DRAIN_SECONDS
-        while selector.get_map() and time.monotonic() < drain_end:
-            read_ready(max(0.0, drain_end - time.monotonic()))
-        if verdict is None:
-            verdict = _parse_verdict(bytes(buffers["verdict"]))
-    finally:
-        selector.close()
-        for stream in (solution.stdout, solution.stderr, judge.stdout):
-            stream.close()
-        os.close(verdict_r)
-    return {"verdict": verdict, "solution_returncode": solution_returncode, "judge_returncode": judge_returncode,
-            "solution_stdout": bytes(buffers["solution_stdout"]), "solution_stderr": bytes(buffers["solution_stderr"]),
-            "judge_output": bytes(buffers["judge_output"]), "timed_out": timed_out, "output_exceeded": exceeded}
+def make_level(level: str, limits: SandboxLimits) -> OsLevel | ProcessLevel:
+    """The backend that starts processes at ``level`` ("os" or "process")."""
+    return OsLevel(limits) if level == "os" else ProcessLevel(limits)

@@ -13,6 +13,11 @@ MESSAGE_BYTES = 16 * MIB  # largest single value passed between the judge and th
 class SandboxLimits:
     """Per-program limits; each process of a run (the solution's and the judge's) gets them.
 
+    A judge server serves many programs (``judge_pool.py``): it gets the same address-space, file,
+    open-file and process limits, the trainer's wall deadline per program, and ``2 * cpu_limit`` as its
+    lifetime ``RLIMIT_CPU``; it is retired once it has used more than ``cpu_limit``, so each program
+    starts with at least ``cpu_limit`` CPU seconds left in the judge.
+
     Attributes:
         timeout: wall-clock seconds for the whole run; at the limit every process of the run is killed.
         cpu_seconds: CPU seconds per process (``RLIMIT_CPU``); default ``ceil(timeout) + 1``.

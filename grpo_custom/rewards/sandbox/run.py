@@ -6,7 +6,8 @@ import os
 
 from grpo_custom.rewards.sandbox.bwrap import isolation_level, os_backend
 from grpo_custom.rewards.sandbox.cleanup import report_leftover
-from grpo_custom.rewards.sandbox.launch import SandboxUnavailableError, run_pair
+from grpo_custom.rewards.sandbox.launch import SandboxUnavailableError
+from grpo_custom.rewards.sandbox.pair import run_pair
 from grpo_custom.rewards.sandbox.limits import MIB, SandboxLimits
 from grpo_custom.rewards.sandbox.verdict import SandboxResult, classify
 
@@ -77,7 +78,7 @@ def run_in_sandbox(
     """Run ``code`` and judge it with ``tests`` (Python, e.g. ``assert`` lines) in two isolated processes.
 
     The solution process runs ``code`` as module ``solution`` (so ``if __name__ == "__main__"`` blocks
-    do not run); the judge process runs ``tests``, reaching the solution's names through calls the
+    do not run); the judge (a pooled judge server, see ``judge_pool.py``) runs ``tests``, reaching the solution's names through calls the
     solution process answers with plain data (see the package docstring for the protocol and what
     it makes unforgeable). Passing means the judge ran all of ``tests`` without an exception.
 

@@ -1,7 +1,7 @@
 """``SandboxResult`` and how a run's raw outcome becomes pass/fail and a reason.
 
-Only the judge's verdict can make a run pass: it arrives on a pipe that no process running model
-code holds, and it says the dataset's test code ran to its end. Everything the solution process
+Only the judge's verdict can make a run pass: it arrives on the judge server's socket, which no
+process running model code holds, and it says the dataset's test code ran to its end. Everything the solution process
 produced (exit status, stdout, stderr, tracebacks) is model-controlled and used only to explain a
 failure, never to pass one.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from grpo_custom.rewards.sandbox.launch import RunOutcome
+from grpo_custom.rewards.sandbox.pair import RunOutcome
 from grpo_custom.rewards.sandbox.process_guard import BLOCKED_EXIT_CODE, BLOCKED_MARKER
 
 OUTPUT_LIMIT_CHARS = 20_000
@@ -34,7 +34,8 @@ class SandboxResult:
         pid: the solution process's id (at OS isolation: its bwrap, outside the sandbox).
         workdir: the host directory it ran in at ``isolation="process"`` (removed), None at OS isolation.
         isolation: ``"os"`` or ``"process"``.
-        judge_output: the judge's stdout and stderr (last ``OUTPUT_LIMIT_CHARS`` characters).
+        judge_output: what the judge printed (stdout and stderr) while running this program's tests (last
+            ``OUTPUT_LIMIT_CHARS`` characters).
     """
 
     passed: bool
