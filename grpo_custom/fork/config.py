@@ -66,8 +66,11 @@ class GRPOConfig(_TRLGRPOConfig):
             ``top_entropy_quantile``) are computed in the chunked loss. ``"keep_log_probs"``: one LM-head pass,
             each chunk's float32 log-probs kept for the backward (the memory Unsloth's own log-prob path keeps);
             ``"recompute"``: Unsloth's kernel, per-row statistics only and the logits recomputed in the backward
-            (memory flat in B·T·V, one more LM-head matmul); ``"auto"`` (default): keep where Unsloth's log-prob
-            path keeps its logits for that batch, recompute where it offloads.
+            (memory flat in B·T·V, one more LM-head matmul; on unsloth_zoo >= 2026.10.9 its fused-linear kernel);
+            ``"auto"`` (default): keep only where the LM head runs in float32 and Unsloth's log-prob path holds
+            float32 logits of those tokens anyway (its chunked scorer keeps them for that batch, or its
+            fused-linear kernel takes all of them in one row chunk), else Unsloth's kernel
+            (``grpo_custom.unsloth.entropy_plan.keeps_log_probs``; docs/unsloth.md).
     """
 
     advantage_estimator: Any = field(default="grpo", metadata={"help": "Advantage estimator name or callable."})

@@ -4,6 +4,7 @@ Nothing here restates an Unsloth rule: each answer comes from calling (or readin
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import re
@@ -76,9 +77,9 @@ def fused_linear_holds_all_rows(n_rows: int, hidden_size: int, vocab_size: int, 
     base time; ``benchmarks/RESULTS_loss_cpu.md``).
     """
     try:
-        from unsloth_zoo.fused_losses import fused_linear
+        fused_linear = importlib.import_module("unsloth_zoo.fused_losses.fused_linear")
     except ModuleNotFoundError as exc:  # PRE_FUSED_SCORER (unsloth_zoo <= 2026.10.8): no fused-linear kernel
-        if (exc.name or "").startswith("unsloth_zoo.fused_losses"):
+        if exc.name == "unsloth_zoo.fused_losses.fused_linear":
             return False
         raise
     rows = fused_linear.fused_linear_rows(int(n_rows), int(hidden_size), int(vocab_size), 4, device)

@@ -55,6 +55,7 @@ def test_setup_reads_the_matrix_and_the_compat_job_runs_every_other_set():
     assert "--compat" in script
     compat = (ROOT / "scripts" / "compat_check.sh").read_text()
     assert "versions.py other-sets" in compat and "setup.sh --compat" in compat
+    assert "bash scripts/compat_check.sh" in (ROOT / ".ci" / "run").read_text()  # CI runs the compat job
     other = subprocess.run([sys.executable, str(ROOT / "grpo_custom/fork/versions.py"), "other-sets"],
                            capture_output=True, text=True, check=True).stdout.split()
     assert sorted(other) == sorted(s.name for s in MATRIX.sets if s.name != MATRIX.default_set_name)
