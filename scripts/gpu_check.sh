@@ -5,8 +5,10 @@
 #   bash scripts/gpu_check.sh              on the device machine, with carry [".whl"]; results in $OUT
 #   bash scripts/gpu_check.sh --dry-run    on a CPU: every part in its smoke mode, with ./.venv; CI runs this
 #
-# Parts, in this order (the cheap, most valuable first), each in its own `timeout`, each capped so the whole
-# run ends within GPU_CHECK_BUDGET_S (default 470 s on the GPU) and skipped ("not_run") when too little is left:
+# Parts, each in its own `timeout`, each capped so the whole run ends within GPU_CHECK_BUDGET_S (default 470 s
+# on the GPU) and skipped ("not_run") when too little is left. On the GPU they run in the order install,
+# environment, models, step_compare, e2e_step, gpu_tests, bench_loss (the run_part lines below; --print-parts
+# prints a call's parts and then its budget in seconds); in a dry run bench_loss comes before gpu_tests:
 #   install       pip install --no-index --no-deps --target /tmp/site .whl/*.whl; the tree made importable
 #   environment   GPU, driver, CUDA, package versions, measured bf16 matmul rate
 #   models        random-weight Qwen2.5-0.5B and -1.5B (real configurations, 151,936-token tokenizer), built locally
@@ -48,7 +50,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-case "$CALL" in
+case "$CALL" in  # a call's parts replace GPU_CHECK_PARTS
     1) GPU_CHECK_PARTS=environment,models,step_compare,e2e_step ;;
     2) GPU_CHECK_PARTS=environment,gpu_tests,bench_loss; CALL_BUDGET_S=300 ;;
     "") ;;

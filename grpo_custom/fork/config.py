@@ -62,8 +62,10 @@ class GRPOConfig(_TRLGRPOConfig):
         policy_loss_kwargs: its options (checked against its signature); a value may be a schedule ``step -> float``.
         epsilon, epsilon_high, delta: TRL's fields; each may also be a schedule ``step -> float`` (the trust region
             as a schedule: entering the loss as tensors, logged as ``policy_loss/epsilon_low`` etc.).
-        entropy_kernel: Unsloth fast path only: how entropies (entropy regularizers, ``entropy_coef``,
-            ``top_entropy_quantile``) are computed in the chunked loss. ``"keep_log_probs"``: one LM-head pass,
+        entropy_kernel: Unsloth fast path only (no effect on the plain TRL path): how entropies (entropy
+            regularizers, ``entropy_coef``, ``top_entropy_quantile``) are computed in the chunked loss. Rule of
+            thumb: leave ``"auto"``; ``"recompute"`` takes the least memory; ``"keep_log_probs"`` is the fastest
+            where the LM head runs in float32. ``"keep_log_probs"``: one LM-head pass,
             each chunk's float32 log-probs kept for the backward (the memory Unsloth's own log-prob path keeps);
             ``"recompute"``: Unsloth's kernel, per-row statistics only and the logits recomputed in the backward
             (memory flat in B·T·V, one more LM-head matmul; on unsloth_zoo >= 2026.10.9 its fused-linear kernel);
