@@ -620,7 +620,7 @@ def entropy_kernels(model_dir, work):
                 calls["entropy_calls"] += 1
                 calls["rows"].append(int(args[0].shape[0]))  # 1: the packed-sequence call
                 hidden, head = args[0], args[1]
-                auto_inputs["float32_logits"].append(head_matmul_dtype(hidden, head, False) == torch.float32)
+                auto_inputs["float32_logits"].append(head_matmul_dtype(head, False) == torch.float32)
                 auto_inputs["fused_holds_all_rows"].append(fused_linear_holds_all_rows(
                     hidden.numel() // hidden.shape[-1], head.shape[1], head.shape[0], head.device))
             return patched(*args, **kwargs)

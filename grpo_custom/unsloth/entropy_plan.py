@@ -77,8 +77,8 @@ def keeps_log_probs(plan: EntropyKernelPlan, rows: int, width: int, chunks: int,
     return plan.small_batch.keeps(width, -(-plan.total_rows // max(rows, 1)))
 
 
-def head_matmul_dtype(hidden: torch.Tensor, lm_head: torch.Tensor, fp32_lm_head: bool) -> torch.dtype:
-    """The dtype the LM-head matmul of ``hidden`` [.., H] by ``lm_head`` [V, H] runs in, so the dtype of its logits:
+def head_matmul_dtype(lm_head: torch.Tensor, fp32_lm_head: bool) -> torch.dtype:
+    """The dtype the LM-head matmul by ``lm_head`` [V, H] runs in, so the dtype of its logits:
     float32 with ``fp32_lm_head``, else the autocast dtype where autocast is on for the head's device, else
     ``lm_head``'s dtype (both kernels cast the hidden states to it)."""
     if fp32_lm_head:
@@ -128,7 +128,7 @@ def make_entropy_log_softmax(original):
         if fp32_lm_head is None:
             fp32_lm_head = fp32_lm_head_from_environment()
         lm_head = options["lm_head"]
-        logits_dtype = head_matmul_dtype(hidden, lm_head, bool(fp32_lm_head))
+        logits_dtype = head_matmul_dtype(lm_head, bool(fp32_lm_head))
         fused_all = (not plan.scorer_keeps_logits and plan.mode == "auto"
                      and fused_linear_holds_all_rows(rows * width, lm_head.shape[1], lm_head.shape[0], lm_head.device))
         if not keeps_log_probs(plan, rows, width, int(options["chunks"]), logits_dtype, fused_all):

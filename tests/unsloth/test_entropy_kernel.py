@@ -261,10 +261,10 @@ def test_auto_runs_unsloths_kernel_beside_16_bit_logits(dtype):
 
 
 def test_head_matmul_dtype_follows_fp32_head_autocast_and_the_head():
-    hidden, head16 = torch.zeros(2, 4), torch.zeros(8, 4, dtype=torch.bfloat16)
-    assert head_matmul_dtype(hidden, head16, fp32_lm_head=False) == torch.bfloat16
-    assert head_matmul_dtype(hidden, head16, fp32_lm_head=True) == torch.float32
-    assert head_matmul_dtype(hidden, head16.float(), fp32_lm_head=False) == torch.float32
+    head16 = torch.zeros(8, 4, dtype=torch.bfloat16)
+    assert head_matmul_dtype(head16, fp32_lm_head=False) == torch.bfloat16
+    assert head_matmul_dtype(head16, fp32_lm_head=True) == torch.float32
+    assert head_matmul_dtype(head16.float(), fp32_lm_head=False) == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert head_matmul_dtype(hidden, head16.float(), fp32_lm_head=False) == torch.bfloat16
+        assert head_matmul_dtype(head16.float(), fp32_lm_head=False) == torch.bfloat16
 

@@ -36,7 +36,7 @@ import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from grpo_custom.rewards.sandbox.launch import BOOTSTRAP, make_level, memfd, program_code
+from grpo_custom.rewards.sandbox.launch import make_level, start_runner
 from grpo_custom.rewards.sandbox.limits import MESSAGE_BYTES, SandboxLimits
 
 PROGRAMS_PER_SERVER = 64
@@ -55,15 +55,13 @@ class JudgeServer:
             rlimits["RLIMIT_CPU"] = [2 * self.cpu_limit, 2 * self.cpu_limit + 1]
         parent, child = socket.socketpair()
         payload = {"control_fd": child.fileno(), "rlimits": rlimits, "message_bytes": MESSAGE_BYTES}
-        stdin = memfd(program_code("judge_runner.py") + json.dumps(payload).encode("utf-8"), "grpo-sandbox-judge")
         try:
-            self.process = self.backend.popen("judge", BOOTSTRAP, stdin, (child.fileno(),), subprocess.STDOUT)
+            self.process = start_runner(self.backend, "judge", payload, (child.fileno(),), subprocess.STDOUT)
         except BaseException:
             parent.close()
             self.backend.cleanup()
             raise
         finally:
-            os.close(stdin)
             child.close()
         self.control = parent
         self.output_fd = self.process.stdout.fileno()

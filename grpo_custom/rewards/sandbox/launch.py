@@ -55,6 +55,16 @@ def program_code(runner: str) -> bytes:
     return len(code).to_bytes(4, "big") + code
 
 
+def start_runner(backend, role: str, payload: dict, pass_fds: tuple[int, ...], stderr) -> subprocess.Popen:
+    """Start ``<role>_runner.py`` at ``backend``'s level: its compiled code and ``payload`` (JSON) reach it on stdin
+    from a memfd (never on disk); ``pass_fds`` stay open in it; ``stderr`` as for ``subprocess.Popen``."""
+    stdin = memfd(program_code(role + "_runner.py") + json.dumps(payload).encode("utf-8"), "grpo-sandbox-" + role)
+    try:
+        return backend.popen(role, BOOTSTRAP, stdin, pass_fds, stderr)
+    finally:
+        os.close(stdin)
+
+
 def memfd(data: bytes, name: str) -> int:
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     view = memoryview(data)

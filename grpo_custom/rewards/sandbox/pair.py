@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from grpo_custom.rewards.sandbox import judge_pool
-from grpo_custom.rewards.sandbox.launch import BOOTSTRAP, make_level, memfd, program_code
+from grpo_custom.rewards.sandbox.launch import make_level, start_runner
 from grpo_custom.rewards.sandbox.limits import MESSAGE_BYTES, SandboxLimits
 from grpo_custom.rewards.sandbox.process_guard import GUARD_SOURCE, guard_config
 
@@ -68,11 +68,7 @@ def _start_solution(backend, code: str, limits: SandboxLimits, request_r: int, r
                "response_fd": response_w, "message_bytes": MESSAGE_BYTES}
     if backend.guard:
         payload.update(guard=GUARD_SOURCE, guard_config=guard_config(backend.workdir_for("solution")))
-    stdin = memfd(program_code("solution_runner.py") + json.dumps(payload).encode("utf-8"), "grpo-sandbox-solution")
-    try:
-        return backend.popen("solution", BOOTSTRAP, stdin, (request_r, response_w), subprocess.PIPE)
-    finally:
-        os.close(stdin)
+    return start_runner(backend, "solution", payload, (request_r, response_w), subprocess.PIPE)
 
 
 def run_pair(code: str, tests: str, limits: SandboxLimits, level: str) -> RunOutcome:
