@@ -1,10 +1,14 @@
 """Throughput of every registered advantage estimator.
 
 Default: N = 65,536 completions in groups of G = 16 (T = 64 tokens for the token-level
-REINFORCE++ variant), median of several timed runs after one warm-up. ``--smoke`` runs N = 1,024
-once (for CI). Prints one row per estimator: name, options, milliseconds, completions per second.
+REINFORCE++ variant and ``gae``, which reads random values), median of several timed runs after one
+warm-up. ``--smoke`` runs N = 1,024 once (for CI). Prints one row per estimator: name, options,
+milliseconds, completions per second.
 
-    python benchmarks/bench_estimators.py [--smoke] [--device cuda] [--dtype float64]
+Then GAE's chunked scan (``compute_gae``) against a reverse Python loop over T with the same
+arithmetic, at N = 256, T = 4,096 (``--gae-rows``, ``--gae-length``; smoke: 32 × 512), target ≥ 8×.
+
+    python benchmarks/bench_estimators.py [--smoke] [--device cuda] [--dtype float64] [--threads 1]
 """
 from __future__ import annotations
 
@@ -14,10 +18,17 @@ import time
 
 import torch
 
-from grpo_custom.algorithms.estimators import get_advantage_estimator, list_advantage_estimators
+from grpo_custom.algorithms.estimators import (
+    AdvantageInputs,
+    call_estimator,
+    compute_gae,
+    get_advantage_estimator,
+    list_advantage_estimators,
+)
 
 # Extra option sets timed besides each estimator's defaults.
-EXTRA_OPTIONS = {"grpo": [{"scale_rewards": "batch"}], "reinforce_pp": [{"gamma": 0.99}]}
+EXTRA_OPTIONS = {"grpo": [{"scale_rewards": "batch"}], "reinforce_pp": [{"gamma": 0.99}],
+                 "gae": [{"gamma": 0.99, "lam": "adaptive"}]}
 NUM_REWARD_FUNCS = 3
 UNSCORABLE_FRACTION = 0.05
 
@@ -32,9 +43,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per estimator (median reported)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--gae-rows", type=int, default=256, help="N of the GAE scan comparison")
+    parser.add_argument("--gae-length", type=int, default=4_096, help="T of the GAE scan comparison")
     args = parser.parse_args(argv)
     if args.smoke:
         args.num_completions, args.repeats = 1_024, 1
+        args.gae_rows, args.gae_length = 32, 512
     if args.num_completions % args.num_generations:
         parser.error(f"--num-completions {args.num_completions} is not divisible by --num-generations")
     return args
@@ -56,6 +71,7 @@ def make_inputs(num_completions: int, max_length: int, dtype: torch.dtype, devic
         completion_mask=mask,
         rewards_per_func=rewards_per_func,
         reward_weights=reward_weights,
+        values=torch.randn(num_completions, max_length, generator=generator, dtype=dtype),  # [N, T] for gae
     )
     return {key: value.to(device) for key, value in inputs.items()}
 
@@ -63,15 +79,15 @@ def make_inputs(num_completions: int, max_length: int, dtype: torch.dtype, devic
 def time_estimator(name: str, options: dict, inputs: dict, num_generations: int, repeats: int, device: str) -> float:
     """Median wall time in seconds of ``repeats`` calls (one untimed warm-up call when repeats > 1)."""
     estimator = get_advantage_estimator(name)
-    rewards, common = inputs["rewards"], {key: value for key, value in inputs.items() if key != "rewards"}
+    batch = AdvantageInputs(num_generations=num_generations, **inputs)
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if repeats > 1:
-        estimator(rewards, num_generations, **common, **options)
+        call_estimator(estimator, batch, options)
         synchronize()
     timings = []
     for _ in range(repeats):
         start = time.perf_counter()
-        estimator(rewards, num_generations, **common, **options)
+        call_estimator(estimator, batch, options)
         synchronize()
         timings.append(time.perf_counter() - start)
     return statistics.median(timings)
@@ -80,6 +96,8 @@ def time_estimator(name: str, options: dict, inputs: dict, num_generations: int,
 def main(argv: list[str] | None = None) -> list[dict]:
     """Time every registered estimator, print a table and return its rows as dicts."""
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     inputs = make_inputs(args.num_completions, args.max_length, dtype, args.device)
     print(
@@ -95,7 +113,58 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
             described = ", ".join(f"{key}={value}" for key, value in options.items()) or "(defaults)"
             print(f"{name:<24}{described:<28}{row['ms']:>10.3f}{row['completions_per_s']:>16,.0f}")
+    rows.append(compare_gae_scan(args, dtype))
     return rows
+
+
+def reverse_loop_gae(rewards, values, mask, gamma: float, lam: float) -> torch.Tensor:
+    """GAE as a reverse Python loop over T (the baseline): masked tokens carry the next value and the advantage."""
+    weights = mask.to(rewards.dtype)
+    next_value = torch.zeros_like(rewards[:, 0])
+    running = torch.zeros_like(rewards[:, 0])
+    columns = [None] * rewards.shape[1]
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        keep = weights[:, t]
+        step = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * running
+        running = keep * step + (1 - keep) * running
+        next_value = keep * values[:, t] + (1 - keep) * next_value
+        columns[t] = running
+    return torch.stack(columns, dim=1)
+
+
+def compare_gae_scan(args: argparse.Namespace, dtype: torch.dtype) -> dict:
+    """Median times of compute_gae and of the reverse loop on the same random batch: right padding (the GRPO
+    layout), then with 10% of the completion tokens masked inside completions (tool outputs)."""
+    generator = torch.Generator().manual_seed(1)
+    rows, length = args.gae_rows, args.gae_length
+    rewards = torch.randn(rows, length, generator=generator, dtype=dtype).to(args.device)
+    values = torch.randn(rows, length, generator=generator, dtype=dtype).to(args.device)
+    lengths = torch.randint(1, length + 1, (rows, 1), generator=generator)
+    right_padded = (torch.arange(length) < lengths).to(args.device)
+    with_holes = right_padded & (torch.rand(rows, length, generator=generator) > 0.1).to(args.device)
+    synchronize = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def median_seconds(function) -> float:
+        function()
+        synchronize()
+        timings = []
+        for _ in range(max(args.repeats, 3)):
+            start = time.perf_counter()
+            function()
+            synchronize()
+            timings.append(time.perf_counter() - start)
+        return statistics.median(timings)
+
+    row = dict(name="gae_scan", rows=rows, length=length)
+    for layout, mask in (("right-padded", right_padded), ("10% holes", with_holes)):
+        scan = median_seconds(lambda: compute_gae(rewards, values, mask, gamma=0.99, lam=0.95))
+        loop = median_seconds(lambda: reverse_loop_gae(rewards, values, mask, 0.99, 0.95))
+        difference = (compute_gae(rewards, values, mask, gamma=0.99, lam=0.95)[0]
+                      - reverse_loop_gae(rewards, values, mask, 0.99, 0.95)).abs().max().item()
+        print(f"gae scan N={rows} T={length} {layout}: compute_gae {scan * 1e3:.2f} ms, reverse loop over T "
+              f"{loop * 1e3:.2f} ms, speed-up {loop / scan:.1f}x (target >= 8x), max |difference| {difference:.2e}")
+        row[layout] = dict(scan_ms=scan * 1e3, loop_ms=loop * 1e3, speedup=loop / scan, max_abs_difference=difference)
+    return row
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ what a patched trainer runs for an entropy regularizer at these shapes with ``en
 the report states that decision); ``entropy (recompute)`` (Unsloth's recomputing kernel with
 ``return_entropy=True``: what runs with ``entropy_kernel="recompute"`` and where Unsloth's own log-prob
 path offloads); ``base (recompute logps)`` (that recomputing kernel without entropy: its like-for-like
-reference); ``naive entropy`` (full logits h @ Wᵀ → log_softmax → entropy and log-probs, plain autograd).
+reference); ``naive entropy`` (full logits h @ Wᵀ → log_softmax → entropy and log-probs, plain autograd);
+``value head (head)`` / ``value head (shared_head)``: the base loss plus a value function's value head on the same
+h and its clipped value loss (docs/value_function.md; the ``adapter`` kind is not implemented, so not measured).
 
-Targets: entropy ≤ 1.1× the peak memory and ≤ 1.3× the time of ``base``; at V = 151936 the naive
+Targets: entropy ≤ 1.1× the peak memory and ≤ 1.3× the time of ``base``; the detached value head ≤ 1.05× / 1.15×,
+the shared one ≤ 1.10× / 1.25×; at V = 151936 the naive
 entropy ≥ 4× the peak memory of ``entropy``. The script prints a markdown report and exits 0
 whatever the verdicts (it is a benchmark; the verdicts are in the report).
 
@@ -61,6 +64,8 @@ NAIVE_TARGET_VOCAB = 151936
 POLICY_TIME_TARGET = 1.05  # each policy loss (grpo-custom's term beside Unsloth's) median time / base (ppo_clip)
 POLICY_MEMORY_TARGET = 1.01  # ... peak memory / base
 POLICY_PAIRED_REPEATS = {"smoke": 3, "cpu": 15, "cuda": 20}
+VALUE_TARGETS = {"head": (1.05, 1.15), "shared_head": (1.10, 1.25)}  # value head kind: (peak memory, time) / base
+VALUE_COEF = 0.1
 RESULTS_DIR = Path(__file__).resolve().parent
 MIB = 1024.0 * 1024.0
 
@@ -317,7 +322,46 @@ def build_variants(module, policy_losses: list[str] | None = None) -> dict[str, 
         variants["entropy (Unsloth fused-linear)"] = with_entropy_fused
         variants["base (chunked scorer, keeps logits)"] = base_chunked_scorer
     variants.update(policy_variants(module, fast_loss, chunked_logps, policy_losses))
+    variants.update(value_variants(fast_loss, chunked_logps))
     return variants
+
+
+def value_variants(fast_loss, chunked_logps) -> dict[str, Callable[[LossProblem], object]]:
+    """``value head (<kind>)``: the base loss plus what a trainer with ``value_function={"kind": kind}`` adds to it
+    (grpo_custom.value.loss_term): the value head on the same last hidden states h (detached for ``head``), the
+    clipped value loss (dapo aggregation), as ``L_V − sg(L_V)`` (``head``) or ``coef · L_V`` (``shared_head``)."""
+    import torch
+
+    from grpo_custom.algorithms.value_loss import value_loss
+    from grpo_custom.value.head import ValueHead
+
+    heads: dict = {}
+
+    def targets(problem: LossProblem):
+        key = id(problem)
+        if key not in heads:
+            generator = torch.Generator(device="cpu").manual_seed(1)
+            head = ValueHead(problem.hidden.shape[-1], 1).to(problem.hidden.device)
+            torch.nn.init.normal_(head.linear.weight, std=0.02, generator=generator)
+            shape = problem.mask.shape
+            returns = torch.randn(shape, generator=generator).to(problem.hidden.device)  # [B, T]
+            old_values = torch.randn(shape, generator=generator).to(problem.hidden.device)  # [B, T]
+            heads[key] = (head, returns, old_values)
+        return heads[key]
+
+    def variant(kind):
+        def loss(problem):
+            head, returns, old_values = targets(problem)
+            features = problem.hidden.detach() if kind == "head" else problem.hidden
+            values = head([features])  # [B, T] float32 (no time feature: it adds one input)
+            term, _ = value_loss(values, returns, old_values, problem.mask, cliprange_value=0.5, loss_type="dapo",
+                                 num_items_in_batch=problem.loss_kwargs["num_items_in_batch"])
+            term = term - term.detach() if kind == "head" else VALUE_COEF * term
+            return fast_loss(problem, chunked_logps(problem), []) + term
+
+        return loss
+
+    return {f"value head ({kind})": variant(kind) for kind in VALUE_TARGETS}
 
 
 def unsloth_has_fused_linear() -> bool:
@@ -464,6 +508,15 @@ def target_checks(results: dict) -> list[tuple[int, str, float, str, bool]]:
                 duration = measured.paired_ratio
                 checks.append((vocab, f"{name} time / base (paired)", duration, f"≤ {POLICY_TIME_TARGET}",
                                duration <= POLICY_TIME_TARGET))
+        for kind, (memory_target, time_target) in VALUE_TARGETS.items():
+            measured = by_variant.get(f"value head ({kind})")
+            if measured is not None:
+                memory = measured.peak_bytes / base.peak_bytes
+                checks.append((vocab, f"value head ({kind}) peak memory / base", memory, f"≤ {memory_target}",
+                               memory <= memory_target))
+                duration = measured.median_seconds / base.median_seconds
+                checks.append((vocab, f"value head ({kind}) time / base", duration, f"≤ {time_target}",
+                               duration <= time_target))
         if vocab == NAIVE_TARGET_VOCAB:
             naive = by_variant["naive entropy"].peak_bytes / entropy.peak_bytes
             checks.append((vocab, "naive entropy peak memory / entropy", naive, f"≥ {NAIVE_TARGET}",

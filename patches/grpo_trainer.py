@@ -28,6 +28,12 @@ GRPO_TRAINER_EDITS = (
         anchor="        # Reward processing class\n",
         text="        grpo_custom_hooks.configure_trainer(self, args)\n",
     ),
+    SourceEdit.insert_before(
+        name="curriculum",
+        reason="once Trainer.__init__ has run: check that a gated reward schedule can evaluate, add its callback",
+        anchor="        # Reference model\n        self.beta = args.beta\n",
+        text="        grpo_custom_hooks.attach_curriculum(self, args)\n",
+    ),
     SourceEdit(
         name="reference_model_gate",
         reason="a KL regularizer needs the reference model even when TRL's beta is 0",
@@ -61,6 +67,23 @@ GRPO_TRAINER_EDITS = (
                "through their guard, never through TRL's per-row reward_kwargs",
         anchor='        reward_kwargs["trainer_state"] = self.state\n',
         text="        grpo_custom_hooks.before_reward_functions(self, inputs, prompts, completions)\n",
+    ),
+    SourceEdit.insert_after(
+        name="scored_reward_check",
+        reason="TRL scores an nn.Module reward model with no guard, and stores rewards as float32: NaN/inf scores "
+               "past the guard get the reward_errors policy",
+        anchor="        rewards_per_func = self._calculate_rewards(inputs, prompts, completions, completion_ids_list)\n",
+        text="        rewards_per_func = grpo_custom_hooks.check_scored_rewards(self, rewards_per_func)\n",
+    ),
+    SourceEdit.insert_after(
+        name="value_rollout",
+        reason="value_function: the critic's old values V_old of the generated batch (one no-grad decoder forward)",
+        anchor=(
+            "        logits_to_keep = completion_ids.size(1)  # we only need to compute the logits for the completion tokens\n"
+            "        batch_size = self.args.per_device_train_batch_size if mode == \"train\" else "
+            "self.args.per_device_eval_batch_size\n"
+        ),
+        text="        grpo_custom_hooks.rollout_values(self, prompt_completion_ids, attention_mask, logits_to_keep)\n",
     ),
     SourceEdit.insert_after(
         name="advantage_estimator",
@@ -114,11 +137,30 @@ GRPO_TRAINER_EDITS = (
             "        )\n"
         ),
     ),
+    SourceEdit.insert_after(
+        name="value_capture",
+        reason="value_function: keep the hidden states of the loss's policy forward for the value head (no second forward)",
+        anchor='        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]\n',
+        text="        grpo_custom_hooks.begin_value_capture(self)\n",
+    ),
     SourceEdit.insert_before(
         name="parameter_regularizers",
         reason="add parameter-space regularizers (e.g. lora_l2) to the aggregated loss",
         anchor="        # Entropy bonus: add entropy regularization to encourage exploration.",
         text="        loss = loss + grpo_custom_hooks.parameter_regularizer_loss(self, model)\n",
+    ),
+    SourceEdit.insert_before(
+        name="value_loss",
+        reason="value_function: the clipped value loss (head only, or coef times it through the shared LoRA)",
+        anchor=("        # The policy loss above is scaled for gradient accumulation (HF auto-scaling is off here), "
+                "so scale aux too\n"),
+        text="        loss = loss + grpo_custom_hooks.value_function_loss(self, inputs)\n",
+    ),
+    SourceEdit.insert_before(
+        name="value_outputs",
+        reason="value_function: V_old and the critic's returns travel with the batch through TRL's shuffle and split",
+        anchor='        if old_per_token_logps is not None:\n            output["old_per_token_logps"] = old_per_token_logps\n',
+        text="        grpo_custom_hooks.add_value_outputs(self, output)\n",
     ),
     SourceEdit.insert_after(
         name="save_state",

@@ -12,7 +12,8 @@
 #   install       pip install --no-index --no-deps --target /tmp/site .whl/*.whl; the tree made importable
 #   environment   GPU, driver, CUDA, package versions, measured bf16 matmul rate
 #   models        random-weight Qwen2.5-0.5B and -1.5B (real configurations, 151,936-token tokenizer), built locally
-#   bench_loss    benchmarks/bench_loss.py --device cuda at B=8, T=1024, H=1536, V=151,936
+#   bench_loss    benchmarks/bench_loss.py --device cuda at B=8, T=1024, H=1536, V=151,936 (with the value-head
+#                 rows of value_function, kinds head and shared_head, against their targets)
 #   step_compare  grpo-custom's fork vs stock Unsloth: median GRPO step time and peak VRAM, interleaved runs
 #   e2e_step      one Unsloth LoRA GRPO step on the 1.5B model: generation tokens/s, update time, MFU
 #   gpu_tests     python -m pytest -q -m gpu, on the test files that hold gpu marks (see gpu_tests.py)

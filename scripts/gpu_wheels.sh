@@ -5,9 +5,11 @@
 #
 #   bash scripts/gpu_wheels.sh          (here, with registry access, after `bash scripts/setup.sh --test`)
 #
-# Versions: trl, unsloth and unsloth_zoo at the `==` pins of pyproject.toml; every other package at the
+# Versions: trl, unsloth and unsloth_zoo at the `==` pins of pyproject.toml (or, for a range there, the venv's
+# version, which must lie inside it); every other package at the
 # version installed in ./.venv (what the test suite passes with). Which packages: the closure of the
-# runtime requirements of grpo-custom, trl, unsloth, unsloth_zoo and datasets, for CPython 3.12 on
+# runtime requirements of grpo-custom, trl, unsloth, unsloth_zoo, datasets and deepspeed (for the gpu-marked
+# single-GPU ZeRO-3 run, tests/fork/test_sharding.py), for CPython 3.12 on
 # Linux x86_64, minus what the GPU image already holds (IMAGE below, from the device notes' package
 # list) and minus what the imports there do not need (SKIP below, each with its reason), plus peft and
 # fsspec at the tested versions (ALSO below).
@@ -16,6 +18,10 @@
 #   unsloth       without `studio/` (its web UI, ~26 MB; only the `unsloth` CLI's studio commands import it);
 #   bitsandbytes  with only the native library for the image's CUDA (GPU_CUDA_TAG, default 130: torch
 #                 2.11.0+cu130) and the CPU one (~43 MB -> ~4 MB), so 4-bit loading can run there.
+#
+# deepspeed is published on PyPI as a source distribution only: it is built here into a pure-python wheel
+# (SDIST_ONLY below: `DS_BUILD_OPS=0 pip wheel --no-deps --no-build-isolation`, its CUDA ops left to be
+# JIT-built on first use; ~2 MiB) at the version installed in ./.venv, and installed offline there like the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,7 +66,6 @@ torchao:quantization/fp8-paths-only,transformers-checks-availability
 diffusers:not-imported
 hf-transfer:only-find_spec,unused-offline
 tyro:not-imported-by-the-library
-pydantic:imported-in-try/except-to-silence-warnings
 structlog:studio/CLI-only
 nest-asyncio:vLLM-in-notebooks-only
 msgspec:vLLM-LoRA-only
@@ -73,7 +78,10 @@ mlx-vlm:macOS-only"
 # On the image, but carried at the tested version: grpo-custom pins peft>=0.21,<0.22 and datasets pins
 # fsspec to an upper bound; the image's versions of both are unknown.
 ALSO="peft fsspec"
-ROOTS="grpo-custom trl unsloth unsloth-zoo datasets"
+ROOTS="grpo-custom trl unsloth unsloth-zoo datasets deepspeed"
+# No wheel on PyPI: built from the sdist at the venv's version, without its native ops. pydantic (and its
+# closure) is carried for deepspeed, whose config classes import it.
+SDIST_ONLY="deepspeed"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -99,15 +107,24 @@ also = {canon(n) for n in os.environ["ALSO"].split()}
 
 with open("pyproject.toml", "rb") as handle:
     project = tomllib.load(handle)["project"]
-pins = {}
+pins, ranges = {}, {}
 for spec in project["dependencies"] + [r for reqs in project.get("optional-dependencies", {}).values() for r in reqs]:
     req = Requirement(spec)
     exact = [s.version for s in req.specifier if s.operator == "=="]
     if exact:
         pins[canon(req.name)] = exact[0]
+    else:
+        ranges[canon(req.name)] = req.specifier
 for name in ("trl", "unsloth", "unsloth-zoo"):
-    if name not in pins:
-        sys.exit(f"gpu_wheels: pyproject.toml has no '{name}==VERSION' pin")
+    if name in pins:
+        continue
+    try:  # a range in pyproject (the support matrix lists several versions): the venv's, if inside it
+        version = md.version(name)
+    except md.PackageNotFoundError:
+        sys.exit(f"gpu_wheels: pyproject.toml has no '{name}==VERSION' pin and .venv has no {name}")
+    if name not in ranges or version not in ranges[name]:
+        sys.exit(f"gpu_wheels: .venv has {name} {version}, outside pyproject.toml's '{ranges.get(name, '')}'")
+    pins[name] = version
 
 
 def installed(name):
@@ -166,6 +183,14 @@ while IFS= read -r line; do
     name=${line%%==*}; version=${line#*==}
     if [ "$version" = BUILD ]; then
         "$PYTHON" -m pip wheel -q --no-deps --disable-pip-version-check -w "$tmp/dl" . >&2
+    elif [[ " $SDIST_ONLY " == *" $name "* ]]; then
+        DS_BUILD_OPS=0 "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation --no-binary="$name" \
+            --disable-pip-version-check -w "$tmp/dl" "$name==$version" 2>&1 \
+            | grep -v "^WARNING: Location .* is ignored" >&2 || true
+        if ! ls "$tmp/dl" | grep -qi "^$name-$version-py3-none-any\.whl$"; then
+            echo "gpu_wheels: could not build a pure-python wheel of $name==$version from its sdist" >&2
+            exit 1
+        fi
     else
         python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
             --implementation cp "${platforms[@]}" -d "$tmp/dl" "$name==$version" 2>&1 \

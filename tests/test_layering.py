@@ -1,7 +1,8 @@
 """The package's layers (ARCHITECTURE.md): each module imports only from its own layer or lower ones.
 
-Order, lowest first: utils < algorithms < rewards < fork (with ``patches``, the fork's edits) < unsloth < cli.
-``testing`` may import only utils, algorithms and rewards, and only the cli imports it. The package root ``grpo_custom/__init__.py`` is the
+Order, lowest first: utils < algorithms < rewards < value < fork (with ``patches``, the fork's edits) < unsloth < cli.
+``experiments`` (compare, search) sits beside the cli, at its rank.
+``testing`` may import only utils, algorithms and rewards, and only the cli and experiments import it. The package root ``grpo_custom/__init__.py`` is the
 facade and exempt, but no other module may import the package root itself. Every import counts: absolute and
 relative, at module level and inside functions.
 """
@@ -14,10 +15,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "grpo_custom"
-LAYERS = ("utils", "algorithms", "rewards", "fork", "unsloth", "cli")
-RANK = {**{name: rank for rank, name in enumerate(LAYERS)}, "patches": LAYERS.index("fork"), "__main__": len(LAYERS) - 1}
+LAYERS = ("utils", "algorithms", "rewards", "value", "fork", "unsloth", "cli")
+RANK = {**{name: rank for rank, name in enumerate(LAYERS)}, "patches": LAYERS.index("fork"), "__main__": len(LAYERS) - 1,
+        "experiments": LAYERS.index("cli")}  # beside the cli: builds trainers through the user's make_trainer
 TESTING_MAY_IMPORT = {"utils", "algorithms", "rewards", "testing"}
-TESTING_IMPORTED_BY = {"cli", "__main__", "testing"}
+TESTING_IMPORTED_BY = {"cli", "__main__", "testing", "experiments"}
 MAX_LINES = 450
 
 
@@ -113,7 +115,7 @@ def test_the_check_catches_upward_relative_root_and_function_level_imports():
     problems = layering_violations(sources)
     assert problems == [
         "grpo_custom.algorithms.bad:2 (layer algorithms) imports grpo_custom.fork.hooks.loss (layer fork)",
-        "grpo_custom.extra: not in any layer (put it in one of utils, algorithms, rewards, fork, unsloth, cli or testing)",
+        "grpo_custom.extra: not in any layer (put it in one of utils, algorithms, rewards, value, fork, unsloth, cli or testing)",
         "grpo_custom.fork.bad:1 imports the package root grpo_custom (import from the defining module)",
         "grpo_custom.rewards.bad:1 imports the package root grpo_custom (import from the defining module)",
         "grpo_custom.testing.bad:1 (layer testing) imports grpo_custom.fork.hooks (layer fork)",

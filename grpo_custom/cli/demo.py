@@ -83,7 +83,13 @@ def demo_training_arguments(output_dir: str, steps: int, estimator: str, seed: i
         seed=seed,
         beta=0.0,
         disable_tqdm=True,  # the demo draws its own progress bar
+        **(GAE_OPTIONS if estimator == "gae" else {}),
     )
+
+
+# ``--estimator gae``: a value head on the policy's last hidden state (docs/value_function.md), VC-PPO's
+# decoupled λ (critic 1.0, policy 0.95) and a head learning rate for the tiny model.
+GAE_OPTIONS = {"advantage_estimator_kwargs": {"lam": 0.95}, "value_function": {"kind": "head", "lr": 0.01}}
 
 
 def check_demo_options(estimator: str, steps: int, model_name: str | None) -> None:

@@ -1,8 +1,21 @@
-"""``grpo-custom doctor``: versions, CUDA, accelerator libraries' load status, and which grpo-custom pieces are active."""
+"""``grpo-custom doctor``: versions, CUDA, accelerator libraries' load status, and which grpo-custom pieces are active.
+
+The report starts with its verdict. What the libraries print while doctor imports them (Unsloth's banner,
+torchao's and bitsandbytes' load failures, torch's deprecation warnings) is captured, on the Python streams
+and on file descriptors 1 and 2 alike (:func:`captured_output`), and printed after the report.
+"""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import importlib.metadata
+import io
+import os
 import platform
+import sys
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 
 PACKAGES = ("torch", "trl", "transformers", "peft", "accelerate", "datasets", "unsloth", "unsloth_zoo",
@@ -16,17 +29,30 @@ class DoctorReport:
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth knowing, not broken (e.g. GPU libraries on a CPU)
+    import_output: list[str] = field(default_factory=list)  # what the libraries printed while doctor imported them
 
     @property
     def healthy(self) -> bool:
         """True when nothing needs fixing."""
         return not self.problems
 
-    def text(self) -> str:
-        """The report as printed."""
+    def verdict(self) -> str:
+        """The first line printed: all good, or how many problems (listed under ``problems:``)."""
+        if self.healthy:
+            return "grpo-custom doctor: all good"
+        return f"grpo-custom doctor: {len(self.problems)} problem(s), listed under 'problems:' below"
+
+    def text(self, max_import_lines: int = 40) -> str:
+        """The report as printed: the verdict, the findings, then at most ``max_import_lines`` lines of import output."""
         tail = ["", "problems:", *(f"  - {p}" for p in self.problems)] if self.problems else ["", "all good"]
         notes = ["", "notes:", *(f"  - {n}" for n in self.notes)] if self.notes else []
-        return "\n".join([*self.lines, *notes, *tail])
+        noise = []
+        if self.import_output:
+            shown = self.import_output[:max_import_lines]
+            more = len(self.import_output) - len(shown)
+            noise = ["", "printed by the libraries while doctor imported them (captured; the verdict above stands):",
+                     *(f"  | {line}" for line in shown), *([f"  | ... (+{more} more lines)"] if more else [])]
+        return "\n".join([self.verdict(), "", *self.lines, *notes, *tail, *noise])
 
 
 def _version(name: str) -> str:
@@ -36,8 +62,52 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def _write_warning(stream, message, category, filename, lineno, file=None, line=None) -> None:
+    stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+@contextlib.contextmanager
+def captured_output(sink: list[str]):
+    """Send everything written to stdout and stderr while the block runs into ``sink`` (lines, empty ones dropped):
+    ``sys.stdout``/``sys.stderr``, warnings, and file descriptors 1 and 2 (C extensions, torch's C++ logger)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    python_side = io.StringIO()
+    with tempfile.TemporaryFile() as fd_side:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(fd_side.fileno(), 1)
+            os.dup2(fd_side.fileno(), 2)
+            with contextlib.redirect_stdout(python_side), contextlib.redirect_stderr(python_side), \
+                    warnings.catch_warnings():
+                warnings.showwarning = functools.partial(_write_warning, python_side)  # whoever shows warnings now
+                yield sink
+        finally:
+            for stream in (sys.__stdout__, sys.__stderr__):  # handlers made before may hold these objects
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            with contextlib.suppress(Exception):
+                ctypes.CDLL(None).fflush(None)  # C stdio buffers still bound for the captured descriptors
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            fd_side.seek(0)
+            text = fd_side.read().decode("utf-8", "replace") + python_side.getvalue()
+            sink.extend(line.rstrip() for line in text.splitlines() if line.strip())
+
+
 def doctor_report() -> DoctorReport:
-    """Collect versions, CUDA availability, the fork's state and the Unsloth patch's state."""
+    """Collect versions, CUDA availability, the fork's state and the Unsloth patch's state; what the imports print
+    goes to ``import_output`` (see :func:`captured_output`)."""
+    report = DoctorReport()
+    with captured_output(report.import_output):
+        _collect(report)
+    return report
+
+
+def _collect(report: DoctorReport) -> None:
+    """Fill ``report`` (the checks of :func:`doctor_report`)."""
     from grpo_custom.fork.generate import (
         FORK_MODULE_NAME,
         UpstreamMismatchError,
@@ -49,7 +119,6 @@ def doctor_report() -> DoctorReport:
     from grpo_custom.patches import GRPO_TRAINER_EDITS
     from grpo_custom.utils.version import __version__
 
-    report = DoctorReport()
     report.lines.append(f"grpo-custom {__version__} on Python {platform.python_version()}")
     for name in PACKAGES:
         report.lines.append(f"  {name:<13} {_version(name)}")
@@ -60,6 +129,10 @@ def doctor_report() -> DoctorReport:
     else:
         report.lines.append("CUDA: not available (CPU only: 4-bit, vLLM and Unsloth's real GPU path are off)")
     report.lines.extend(matrix_lines())
+    from grpo_custom.algorithms.sharding import launch_engine
+
+    engine, world_size = launch_engine()
+    report.lines.append(f"engine: {engine}, world size {world_size} (from the launch environment)")
     _report_accelerators(report, on_gpu=torch.cuda.is_available())
 
     try:
@@ -80,7 +153,6 @@ def doctor_report() -> DoctorReport:
     from grpo_custom.rewards.sandbox import isolation_summary
 
     report.lines.append(isolation_summary())
-    return report
 
 
 def _report_accelerators(report: DoctorReport, on_gpu: bool) -> None:

@@ -1,4 +1,4 @@
-"""The ``grpo-custom`` command line: ``demo``, ``vendor``, ``diff`` and ``doctor``."""
+"""The ``grpo-custom`` command line: ``demo``, ``vendor``, ``diff``, ``doctor``, ``compare`` and ``search``."""
 from __future__ import annotations
 
 import argparse
@@ -29,8 +29,15 @@ def _doctor(args) -> int:
     from grpo_custom.cli.doctor import doctor_report
 
     report = doctor_report()
+    report.import_output[:0] = getattr(args, "import_output", [])  # printed while the parser imported them
     print(report.text())
     return 0 if report.healthy else 1
+
+
+def _experiment(args) -> int:
+    from grpo_custom.experiments.commands import run_compare_command, run_search_command
+
+    return (run_compare_command if args.command == "compare" else run_search_command)(args.config)
 
 
 def _demo(args) -> int:
@@ -79,12 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="versions, CUDA, and whether the fork and the Unsloth patch are active")
     doctor.set_defaults(handler=_doctor)
+
+    for name, what in (("compare", "run every variant on every seed and write report.json, report.md and plots"),
+                       ("search", "search hyperparameters with Optuna (resumable) and write the best variant")):
+        experiment = commands.add_parser(name, help=f"{what} (docs/experiments.md)")
+        experiment.add_argument("config", metavar="CONFIG.yaml", help="the experiment file (docs/experiments.md)")
+        experiment.set_defaults(handler=_experiment)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``grpo-custom``."""
-    args = build_parser().parse_args(argv)
+    from grpo_custom.cli.doctor import captured_output
+
+    import_output: list[str] = []
+    with captured_output(import_output):  # the parser imports torch/TRL, whose imports print (torchao, Unsloth)
+        parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.handler is _doctor:
+        args.import_output = import_output  # printed after doctor's verdict
+    elif import_output:
+        print("\n".join(import_output), file=sys.stderr)
     return args.handler(args)
 
 

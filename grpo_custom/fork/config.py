@@ -11,6 +11,9 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
+from grpo_custom.fork.effective_config import REQUESTED_ATTRIBUTE
+from grpo_custom.fork.retired_options import name_retired_options
+
 
 def pristine_trl_grpo_config() -> type:
     """TRL's own ``GRPOConfig`` class, even after Unsloth replaced ``trl.trainer.grpo_config.GRPOConfig``."""
@@ -93,11 +96,16 @@ class GRPOConfig(_TRLGRPOConfig):
         "help": "Unsloth fast path: 'auto', 'keep_log_probs' or 'recompute' (how chunked entropies are computed)."})
     policy_loss: Any = field(default="ppo_clip", metadata={"help": "Policy loss name or callable."})
     policy_loss_kwargs: dict | None = field(default=None, metadata={"help": "Policy loss options (or schedules)."})
+    value_function: Any = field(default=None, metadata={
+        "help": "A learned critic for advantage_estimator='gae': dict of grpo_custom.ValueFunctionConfig fields."})
 
     def __post_init__(self):
         self._take_trust_region_schedules()
-        super().__post_init__()
+        # grpo-custom's own options first: a wrong option is named before transformers' device checks
+        # (e.g. bf16 on a CPU). These checks read options as written; of them TRL's __post_init__ only
+        # rewrites scale_rewards (True -> "group"), which they accept in either spelling.
         self.validate_grpo_custom_options()
+        super().__post_init__()
 
     def _take_trust_region_schedules(self) -> None:
         """A schedule (``step -> float``) in ``epsilon``, ``epsilon_high`` or ``delta`` moves to
@@ -151,6 +159,7 @@ class GRPOConfig(_TRLGRPOConfig):
             _check_choice("check_rewards", self.check_rewards, CHECK_REWARDS_MODES)
         _check_choice("task_normalization", self.task_normalization, TASK_NORMALIZATION_MODES)
         _check_choice("entropy_kernel", self.entropy_kernel, ENTROPY_KERNELS)
+        self._validate_value_function()
         needs_task_column = self.task_rewards is not None or self.task_normalization is not None or self.task_balance
         if needs_task_column and not self.task_column:
             raise ValueError("task_rewards, task_normalization and task_balance need task_column (the task's column).")
@@ -158,6 +167,16 @@ class GRPOConfig(_TRLGRPOConfig):
             raise ValueError("task_weights is set but task_rewards is not: weights apply to task_rewards.")
         if self.reward_weights is not None and any(not math.isfinite(float(w)) for w in self.reward_weights):
             raise ValueError(f"reward_weights must be finite, got {self.reward_weights}.")
+
+    def _validate_value_function(self) -> None:
+        """``value_function`` → ``value_function_config`` (``grpo_custom.value.ValueFunctionConfig``); it feeds the
+        ``gae`` estimator, so another estimator with a critic is an error naming both."""
+        from grpo_custom.value.config import parse_value_function
+
+        self.value_function_config = parse_value_function(self.value_function)
+        if self.value_function_config is not None and self.advantage_estimator != "gae":
+            raise ValueError(f"value_function is set but advantage_estimator={self.advantage_estimator!r}: the critic's "
+                             "values are used by advantage_estimator='gae' (GAE(γ, λ) advantages).")
 
     def to_dict(self) -> dict:
         """TRL's ``to_dict`` with grpo-custom's objects (callables, schedules) as readable strings."""
@@ -169,7 +188,8 @@ class GRPOConfig(_TRLGRPOConfig):
     def __getstate__(self) -> dict:
         # Trainer saves its args with torch.save: keep checkpoints working with lambdas in the config.
         state = dict(self.__dict__)
-        for name in (*GRPO_CUSTOM_FIELDS, "regularizer_specs", "trust_region_schedules"):
+        state.pop(REQUESTED_ATTRIBUTE, None)  # the Unsloth patch's record of what was written: this process only
+        for name in (*GRPO_CUSTOM_FIELDS, "regularizer_specs", "trust_region_schedules", "value_function_config"):
             if name in state:
                 try:
                     pickle.dumps(state[name])
@@ -177,6 +197,8 @@ class GRPOConfig(_TRLGRPOConfig):
                     state[name] = repr(state[name])
         return state
 
+
+name_retired_options(GRPOConfig)  # an option TRL / transformers dropped is named with what replaces it
 
 GRPO_CUSTOM_FIELDS = (
     "advantage_estimator",
@@ -194,6 +216,7 @@ GRPO_CUSTOM_FIELDS = (
     "entropy_kernel",
     "policy_loss",
     "policy_loss_kwargs",
+    "value_function",
 )
 
 

@@ -7,24 +7,25 @@ import dataclasses
 REQUESTED_ATTRIBUTE = "_grpo_custom_requested"
 
 
+def same_value(asked, running) -> bool:
+    """``asked == running`` as a bool; objects without a usable ``==`` (tensors, arrays) compare by identity."""
+    try:
+        same = asked == running
+        return bool(same) if not isinstance(same, bool) else same
+    except Exception:
+        return asked is running
+
+
 def config_differences(config) -> dict[str, tuple]:
-    """``{option: (requested, effective)}`` for every option whose running value differs from the request."""
+    """``{option: (requested, effective)}`` for every option whose running value differs from the request.
+
+    The request is what the Unsloth patch recorded on the config (``grpo_custom.unsloth.requested_config``,
+    options named as the user wrote them); a config nobody recorded has no differences.
+    """
     requested = getattr(config, REQUESTED_ATTRIBUTE, None)
     if requested is None:
         return {}
-    differences = {}
-    for field in dataclasses.fields(requested):
-        if not field.init or not hasattr(config, field.name):
-            continue
-        asked, running = getattr(requested, field.name), getattr(config, field.name)
-        try:
-            same = asked == running
-            same = bool(same) if not isinstance(same, bool) else same
-        except Exception:  # objects without a usable ==
-            same = asked is running
-        if not same:
-            differences[field.name] = (asked, running)
-    return differences
+    return requested.differences(config)
 
 
 def effective_config(trainer) -> dict:

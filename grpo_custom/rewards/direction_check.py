@@ -17,25 +17,41 @@ repeated words, garbage, common answer formats) and reports:
   Anything else (no length dependence, a monotone preference, noise) leaves it ``"unchecked"``, never ``"ok"``.
   A reward that declares ``fn.higher_is_better = True`` (the built-in rewards) is ``"declared"`` and not
   probed for direction;
-* a reward that is **constant** over the probes it scores (at least three kinds; zero advantages: no
-  learning signal);
-* **non-finite** values, **non-numbers**, the **wrong number** of values, an **exception**.
+* **non-finite** values, **non-numbers**, the **wrong number** of values, an **exception** (each value through
+  the guard's :func:`~grpo_custom.rewards.guard.classify_reward_value`).
+
+A reward that is the same over every probe (or ``None`` for every probe) is only a *note*, never a problem:
+probes miss a format reward's format (``<reasoning>``/``<answer>`` tags, ``<SOLUTION>``) and an answer that
+matches a dataset column, so they are no evidence of a missing learning signal. The trainer judges that from
+the model's own completions (:class:`grpo_custom.rewards.reward_health.ConstancyEvidence`).
+
+The probe call runs the user's function for real: whatever it prints (stdout/stderr) and the warnings it emits
+are captured into the report (``captured_output``), not shown; module-level state (a global counter) does see
+the call. Probe calls pass ``trainer_state=None`` (the trainer's own calls never do).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import io
 import math
 import random
 import string
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 
-from grpo_custom.rewards.guard import classify_reward_value, reward_values
+from grpo_custom.rewards.guard import classify_reward_value, describe_reward_value, reward_values
+# reward_health_metrics and reward_length_correlation lived here: re-exported from their new home
+from grpo_custom.rewards.reward_health import (  # noqa: F401
+    reward_health_metrics,
+    reward_length_correlation,
+    spearman_correlation,
+)
 
 DEFAULT_TARGET = 20
 LENGTH_PROBES = ("empty", "very_short", "far_short", "near", "far_long", "very_long")
@@ -66,6 +82,9 @@ class RewardCheckReport:
         direction: ``"ok"`` (established: the reward peaks at a length, or at ``target``), ``"wrong"`` (it
             rises with the distance to a length), ``"declared"`` (``fn.higher_is_better``) or ``"unchecked"``
             (could not be established: no length dependence, monotone, NaN).
+        notes: observations that are no evidence of a problem (the same value, or ``None``, for every probe).
+        probed: what the probes were, in words (for messages).
+        captured_output: what the probe call printed to stdout/stderr and the warnings it emitted (not shown).
     """
 
     name: str
@@ -77,6 +96,9 @@ class RewardCheckReport:
     unit: str = "chars"
     distance_correlation: float = math.nan
     direction: str = "unchecked"
+    notes: list[str] = field(default_factory=list)
+    probed: str = ""
+    captured_output: str = ""
 
     def __str__(self) -> str:
         lines = [
@@ -87,103 +109,12 @@ class RewardCheckReport:
         for probe, reward in self.rewards.items():
             lines.append(f"  {probe:<13} length {self.lengths.get(probe, 0):>5}  reward {reward:.6g}")
         lines.extend(f"  PROBLEM: {problem}" for problem in self.problems)
+        lines.extend(f"  NOTE: {note}" for note in self.notes)
+        if self.probed:
+            lines.append(f"  probed: {self.probed}")
+        if self.captured_output:
+            lines.append(f"  the probe call's output ({len(self.captured_output)} chars) was captured, not shown")
         return "\n".join(lines)
-
-
-def _as_float_array(values: Any) -> np.ndarray:
-    """A float64 numpy vector from a list (None → NaN), numpy array or tensor."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().to(torch.float64).cpu().numpy().reshape(-1)
-    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation of two equal-length float vectors; NaN for fewer than 2 points or zero variance."""
-    if len(x) < 2:
-        return math.nan
-    dx, dy = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
-    return float((dx * dy).sum()) / denominator if denominator > 0 else math.nan
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``values``, tied values sharing the mean of their ranks (as Spearman needs)."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation: Pearson correlation of the average ranks; NaN when undefined."""
-    x_array, y_array = _as_float_array(x), _as_float_array(y)
-    return _pearson(_average_ranks(x_array), _average_ranks(y_array))
-
-
-def reward_health_metrics(rewards_per_func: torch.Tensor, lengths: torch.Tensor, num_generations: int) -> torch.Tensor:
-    """Per reward function, vectorized over functions: [3, F] = (nan_rate, frac_zero_std, length_corr).
-
-    - nan_rate: share of the N completions the function did not score (NaN);
-    - frac_zero_std: among the groups (consecutive blocks of G) it scored at least once, the share whose
-      scores have zero std (TRL's ``isclose(nanstd, 0)``, one score counting as zero std); NaN when it
-      scored no group or G = 1;
-    - length_corr: Pearson correlation of its scores with ``lengths`` over the scored completions; NaN
-      when undefined (fewer than two scores, or a constant side).
-
-    Args:
-        rewards_per_func: [N, F] rewards, NaN where unscored.
-        lengths: [N] completion lengths.
-        num_generations: G.
-    """
-    from trl.trainer.utils import nanstd
-
-    values = rewards_per_func.to(torch.float64)  # [N, F]
-    scored = ~torch.isnan(values)  # [N, F]
-    nan_rate = 1.0 - scored.to(torch.float64).mean(dim=0)  # [F]
-    if num_generations > 1:
-        grouped = values.view(-1, num_generations, values.shape[1])  # [P, G, F]
-        group_scored = scored.view(-1, num_generations, values.shape[1]).any(dim=1)  # [P, F]
-        std = torch.nan_to_num(nanstd(grouped, dim=1), nan=0.0)  # [P, F]
-        zero = torch.isclose(std, torch.zeros_like(std)) & group_scored
-        frac_zero_std = zero.sum(0) / group_scored.sum(0)  # [F], NaN when no group was scored
-    else:
-        frac_zero_std = torch.full_like(nan_rate, math.nan)
-    length = lengths.to(torch.float64).unsqueeze(1).expand_as(values)  # [N, F]
-    count = scored.sum(0)  # [F]
-    weight = scored.to(torch.float64)
-    mean_r = torch.nan_to_num(values).mul(weight).sum(0) / count  # [F]
-    mean_l = (length * weight).sum(0) / count
-    dr = (torch.nan_to_num(values) - mean_r) * weight  # [N, F]
-    dl = (length - mean_l) * weight
-    denominator = torch.sqrt((dr * dr).sum(0) * (dl * dl).sum(0))
-    correlation = torch.where((count >= 2) & (denominator > 0), (dr * dl).sum(0) / denominator,
-                              torch.full_like(denominator, math.nan))
-    return torch.stack([nan_rate, frac_zero_std, correlation])
-
-
-def reward_length_correlation(rewards: Any, lengths: Any) -> float:
-    """Pearson correlation between rewards and completion lengths, ignoring NaN / None pairs.
-
-    ``corr = Σ(r - r̄)(ℓ - ℓ̄) / sqrt(Σ(r - r̄)² Σ(ℓ - ℓ̄)²)`` over the pairs where both are finite.
-
-    Args:
-        rewards: ``[N]`` rewards (list with None allowed, numpy array or tensor).
-        lengths: ``[N]`` completion lengths.
-
-    Returns:
-        The correlation, or NaN with fewer than two finite pairs or a constant side.
-    """
-    reward_array, length_array = _as_float_array(rewards), _as_float_array(lengths)
-    if reward_array.shape != length_array.shape:
-        raise ValueError(
-            f"reward_length_correlation needs as many rewards as lengths, got {reward_array.size} and "
-            f"{length_array.size}."
-        )
-    finite = np.isfinite(reward_array) & np.isfinite(length_array)
-    return _pearson(reward_array[finite], length_array[finite])
 
 
 def _probe_lengths(target: int) -> dict[str, int]:
@@ -258,17 +189,44 @@ def _length_in_unit(text: str, unit: str) -> int:
     return len(text) if unit == "chars" else len(text.split())
 
 
-def _call(fn: Callable, arguments: dict) -> Any:
-    """Call a sync or async reward function (async ones run on a fresh event loop in a worker thread)."""
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, fn(**arguments)).result()
-    return fn(**arguments)
+def _call(fn: Callable, arguments: dict) -> tuple[Any, str]:
+    """Call a sync or async reward function (async ones run on a fresh event loop in a worker thread), capturing
+    what it prints to ``sys.stdout``/``sys.stderr`` and the warnings it emits: returns ``(output, captured)``.
+    Output written straight to the file descriptors (C extensions, subprocesses) is not captured."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    output = pool.submit(asyncio.run, fn(**arguments)).result()
+            else:
+                output = fn(**arguments)
+        finally:
+            for warning in caught:
+                buffer.write(f"{warning.category.__name__}: {warning.message}\n")
+    return output, buffer.getvalue()
+
+
+def _describe_probes(probes: Sequence[str], lengths: Mapping[str, int], target: int, unit: str,
+                     n_samples: int) -> str:
+    """The probes of one check in words, e.g. for a warning: what a reward was (and was not) shown."""
+    parts = [f"lengths {', '.join(str(lengths[p]) for p in LENGTH_PROBES)} {unit} around target {target}"]
+    scale = [p for p in probes if p.startswith("scale_")]
+    if scale:
+        parts.append(f"lengths {', '.join(p[len('scale_'):] for p in scale[:4])}, ..., {scale[-1][len('scale_'):]} "
+                     f"{unit} (no target)")
+    parts += ["one repeated word", "punctuation garbage", "<think>...</think><answer>N</answer>",
+              "text ending in \\boxed{N}"]
+    parts += [f"'The answer is <row's {p[len('column:'):]}>'" for p in probes if p.startswith("column:")]
+    return f"{len(probes)} kinds of synthetic completion x {n_samples} samples, in one call: " + "; ".join(parts)
 
 
 def _format_values(values: list[tuple[str, Any]]) -> str:
     """``probe=value`` pairs (first four) for a problem message."""
-    return ", ".join(f"{probe}={value!r:.40}" for probe, value in values[:4]) + (" ..." if len(values) > 4 else "")
+    return (", ".join(f"{probe}={describe_reward_value(value, 40, typed=False)}" for probe, value in values[:4])
+            + (" ..." if len(values) > 4 else ""))
 
 
 def check_reward(
@@ -344,13 +302,17 @@ def check_reward(
     }
     lengths = {probe: _length_in_unit(samples[0][probe], unit) for probe in probes}
 
+    probed = _describe_probes(probes, lengths, target, unit, n_samples)
+    captured = ""
+    notes: list[str] = []
+
     def report(problems: list[str], rewards: dict[str, float], rho: float = math.nan,
                direction: str = "unchecked") -> RewardCheckReport:
         return RewardCheckReport(name, not problems, problems, rewards, lengths, target, unit, rho,
-                                 "declared" if declared else direction)
+                                 "declared" if declared else direction, notes, probed, captured)
 
     try:
-        output = _call(fn, arguments)
+        output, captured = _call(fn, arguments)
     except Exception as error:  # noqa: BLE001 - reported, the check's purpose
         return report([f"{name!r} raised {type(error).__name__}: {error}. A reward function must score any "
                        "completion; return None for one it cannot score."], {})
@@ -373,17 +335,21 @@ def check_reward(
         problems.append(f"{name!r} returned non-numbers ({_format_values(bad['non_number'])}); return floats "
                         "(or None for an unscorable completion).")
     if bad["non_finite"]:
-        problems.append(f"{name!r} returned NaN/inf ({_format_values(bad['non_finite'])}); these poison the group "
-                        "mean and std: return a finite number, or None for an unscorable completion.")
+        problems.append(f"{name!r} returned NaN/inf or a number beyond float range "
+                        f"({_format_values(bad['non_finite'])}); these poison the group mean and std: return a "
+                        "finite number, or None for an unscorable completion.")
     rewards = {probe: float(np.mean(scores)) if scores else math.nan for probe, scores in by_probe.items()}
 
     scored = [score for scores in by_probe.values() for score in scores]
     scored_probes = sum(1 for scores in by_probe.values() if scores)
-    if not scored and not bad["non_number"] and not bad["non_finite"]:
-        problems.append(f"{name!r} returned None (cannot score) for every probe; check its inputs (columns?).")
+    # Notes, not problems: probes miss formats and answers, so this is no evidence of a missing learning signal.
+    if bad["non_number"] or bad["non_finite"]:
+        pass
+    elif not scored:
+        notes.append(f"{name!r} returned None (cannot score) for every probe.")
     elif scored_probes >= 3 and max(scored) - min(scored) <= 1e-9 * max(1.0, abs(scored[0])):
-        problems.append(f"{name!r} returns the same value {scored[0]:.6g} for every probe: GRPO advantages "
-                        "(reward minus group mean) are then zero and it gives no learning signal.")
+        notes.append(f"{name!r} returned {scored[0]:.6g} for every probe (the probes may miss its format; "
+                     "whether it varies is judged on the model's completions during training).")
 
     length_rewards = np.array([rewards[probe] for probe in LENGTH_PROBES])
     distances = np.array([abs(lengths[probe] - target) for probe in LENGTH_PROBES], dtype=np.float64)

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from grpo_custom.rewards.token_rewards import TokenRewardRecorder, is_token_level
+
 POLICIES = ("raise", "nan")
 BAD_KINDS = ("exception", "not_a_sequence", "wrong_length", "non_number", "non_finite")
 
@@ -42,27 +44,63 @@ def classify_reward_value(value: Any) -> tuple[float | None, str | None]:
     0-d numpy arrays / torch tensors. Anything else (a string, a list, a tensor with a shape) is a
     ``"non_number"``; NaN and ±inf are ``"non_finite"``.
 
+    A real number beyond float64's range (e.g. the ``int`` ``10**400``, whose ``float()`` raises
+    ``OverflowError``) is ±inf as a float: ``"non_finite"``. A ``numbers.Real`` whose ``float()`` raises
+    ``TypeError``/``ValueError`` is a ``"non_number"``. This is the one classification of a reward value:
+    the guard, the start-up probes, routed rewards, reward models, running moments and the reward metrics
+    (through :func:`classify_reward_tensor` for tensors) use it.
+
     Returns:
         ``(float_value, None)`` for a good number, ``(None, None)`` for ``None``, and
         ``(None, kind)`` with ``kind`` in ``("non_number", "non_finite")`` for a bad value.
     """
     if value is None:
         return None, None
-    if isinstance(value, torch.Tensor):
-        if value.dim() != 0 or value.is_complex():
+    try:
+        if isinstance(value, torch.Tensor):
+            if value.dim() != 0 or value.is_complex():
+                return None, "non_number"
+            number = float(value.item())
+        elif isinstance(value, np.ndarray):
+            if value.ndim != 0 or value.dtype.kind not in "biuf":
+                return None, "non_number"
+            number = float(value.item())
+        elif isinstance(value, (bool, np.bool_, numbers.Real)):
+            number = float(value)
+        else:
             return None, "non_number"
-        number = float(value.item())
-    elif isinstance(value, np.ndarray):
-        if value.ndim != 0 or value.dtype.kind not in "biuf":
-            return None, "non_number"
-        number = float(value.item())
-    elif isinstance(value, (bool, np.bool_, numbers.Real)):
-        number = float(value)
-    else:
+    except OverflowError:  # finite as a Python number, ±inf as a float: the reward tensor would hold inf
+        return None, "non_finite"
+    except (TypeError, ValueError):
         return None, "non_number"
     if not math.isfinite(number):
         return None, "non_finite"
     return number, None
+
+
+def classify_reward_tensor(values: torch.Tensor, nan_means_unscored: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`classify_reward_value` element-wise for a real tensor of rewards (any shape).
+
+    In a tensor a value is a float already, so the only bad kind is ``"non_finite"``: ±inf always, NaN unless
+    ``nan_means_unscored`` (in the trainer's ``rewards_per_func`` NaN is TRL's "cannot score", the ``None`` the
+    guard lets through; in a reward model's raw logits NaN is a bad score).
+
+    Args:
+        values: real tensor of rewards, any shape.
+        nan_means_unscored: whether NaN means "cannot score" (not bad) rather than a non-finite score.
+
+    Returns:
+        ``(scores, non_finite)``: ``scores`` is ``values`` as float64 with NaN at every entry that is not a good
+        number (so NaN-aware statistics leave it out), ``non_finite`` the boolean mask of the bad entries.
+
+    Raises:
+        TypeError: ``values`` is not a real (float, int or bool) tensor.
+    """
+    if not isinstance(values, torch.Tensor) or values.is_complex():
+        raise TypeError(f"classify_reward_tensor needs a real tensor, got {describe_reward_value(values)}.")
+    scores = values.detach().to(torch.float64)
+    non_finite = torch.isinf(scores) if nan_means_unscored else ~torch.isfinite(scores)
+    return torch.where(torch.isfinite(scores), scores, torch.full_like(scores, math.nan)), non_finite
 
 
 def reward_values(output: Any) -> list | None:
@@ -79,12 +117,23 @@ def reward_values(output: Any) -> list | None:
     return None
 
 
-def _describe(value: Any) -> str:
-    """A short description of a bad value for error messages (type, shape for arrays, repr)."""
+def describe_reward_value(value: Any, width: int = 80, typed: bool = True) -> str:
+    """A short description of a (bad) reward value for messages: type (unless not ``typed``), shape for arrays,
+    repr cut to ``width`` characters.
+
+    Never raises: an ``int`` too long for ``repr`` (over ``sys.get_int_max_str_digits()`` digits) is described
+    by its number of bits, a ``repr`` that raises by its type.
+    """
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return f"{type(value).__name__} of shape {tuple(value.shape)}"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:80] + '...' if len(text) > 80 else text}"
+    try:
+        text = repr(value)
+    except ValueError:  # int too long for str()
+        text = f"<{value.bit_length()}-bit integer>" if isinstance(value, int) else "<unprintable>"
+    except Exception:  # noqa: BLE001 - a user's __repr__; the description must not fail the message
+        text = "<unprintable>"
+    text = text[:width] + "..." if len(text) > width else text
+    return f"{type(value).__name__} {text}" if typed else text
 
 
 def guard_reward_function(
@@ -120,6 +169,11 @@ def guard_reward_function(
             arguments under names the call's own keyword arguments (TRL's dataset columns) do not use: a dataset
             column is never overwritten. The caller's kwargs dict is not modified.
 
+    Token-level rewards (issue 22): when the call has ``completion_ids`` (TRL always passes them), a list
+    per completion is a token-level reward (:mod:`grpo_custom.rewards.token_rewards`): checked per sample
+    (a wrong length names the function and sample index), TRL gets its sum, and ``wrapper.token_level``
+    keeps the call's :class:`~grpo_custom.rewards.token_rewards.TokenRewardBatch` (None without any).
+
     Returns:
         The wrapper; ``wrapper.bad_counts`` holds the cumulative per-kind sample counts (updated
         under both policies) and ``wrapper.__wrapped__`` is ``fn``.
@@ -154,18 +208,21 @@ def guard_reward_function(
     def on_exception(error: Exception, num_samples: int) -> list[None]:
         if isinstance(error, reraise):
             raise error
+        wrapper.token_level = None  # issue 22
         report({**dict.fromkeys(BAD_KINDS, 0), "exception": num_samples})
         if policy == "raise":
             raise RewardFunctionError(f"Reward function {name!r} raised {type(error).__name__}: {error}") from error
         return [None] * num_samples
 
-    def validate(output: Any, num_samples: int) -> list[float | None]:
+    def validate(output: Any, num_samples: int, completion_ids=None, completions=None) -> list[float | None]:
         counts = dict.fromkeys(BAD_KINDS, 0)
+        wrapper.token_level = None  # issue 22: token-level rewards of this call (rewards/token_rewards.py)
+        token_level = TokenRewardRecorder(name, completion_ids, completions)
         values = reward_values(output)
         if values is None or len(values) != num_samples:
             counts["not_a_sequence" if values is None else "wrong_length"] = num_samples
             report(counts)
-            got = f"{len(values)} values" if values is not None else f"a non-sequence {_describe(output)}"
+            got = f"{len(values)} values" if values is not None else f"a non-sequence {describe_reward_value(output)}"
             if policy == "raise":
                 raise RewardFunctionError(
                     f"Reward function {name!r} returned {got} for {num_samples} completions; "
@@ -174,17 +231,21 @@ def guard_reward_function(
             return [None] * num_samples
         rewards: list[float | None] = []
         for index, value in enumerate(values):
-            number, kind = classify_reward_value(value)
+            if completion_ids is not None and is_token_level(value):  # issue 22: TRL gets the sum, tokens kept aside
+                number, kind = token_level.accept(index, value)
+            else:
+                number, kind = classify_reward_value(value)
             if kind is not None:
                 counts[kind] += 1
                 if policy == "raise":
                     report(counts)
                     problem = "a non-finite value" if kind == "non_finite" else "a non-number"
-                    raise RewardFunctionError(
-                        f"Reward function {name!r} returned {problem} at sample index {index}: {_describe(value)}."
+                    raise RewardFunctionError(token_level.problems.get(index) or
+                        f"Reward function {name!r} returned {problem} at sample index {index}: {describe_reward_value(value)}."
                     )
             rewards.append(number)
         report(counts)
+        wrapper.token_level = token_level.result()
         return rewards
 
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
@@ -195,7 +256,7 @@ def guard_reward_function(
                                   **call_kwargs(kwargs))
             except Exception as error:  # noqa: BLE001 - reported per policy, chained when raised
                 return on_exception(error, len(prompts))
-            return validate(output, len(prompts))
+            return validate(output, len(prompts), completion_ids, completions)
 
     else:
 
@@ -204,11 +265,12 @@ def guard_reward_function(
                 output = fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **call_kwargs(kwargs))
             except Exception as error:  # noqa: BLE001 - reported per policy, chained when raised
                 return on_exception(error, len(prompts))
-            return validate(output, len(prompts))
+            return validate(output, len(prompts), completion_ids, completions)
 
     wrapper.__name__ = name
     wrapper.__qualname__ = name
     wrapper.__doc__ = f"Reward function {name!r} checked by guard_reward_function (policy={policy!r})."
     wrapper.bad_counts = dict.fromkeys(BAD_KINDS, 0)
+    wrapper.token_level = None  # issue 22: a TokenRewardBatch after a call that returned token-level rewards
     wrapper.__wrapped__ = fn
     return wrapper

@@ -19,6 +19,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
+from grpo_custom.algorithms.sharding import is_sharded, replicated_loading
+from grpo_custom.rewards.guard import classify_reward_tensor
 from grpo_custom.rewards.model_isolation import _unpatched_construction, isolate_from_unsloth
 from grpo_custom.rewards.reward_model_stats import position_limit, rows_of_all_processes
 from grpo_custom.rewards.tasks.moments import RunningMoments
@@ -66,7 +68,7 @@ def _load_sequence_classifier(
             "sequence-classification model class in transformers."
         )
     modeling_module = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)].__module__
-    with _unpatched_construction(modeling_module):
+    with _unpatched_construction(modeling_module), replicated_loading():  # whole on each rank, even under ZeRO-3
         model, loading_info = AutoModelForSequenceClassification.from_pretrained(
             path, output_loading_info=True, **kwargs
         )
@@ -135,9 +137,10 @@ def _is_messages(value: Any) -> bool:
 
 
 def _batch_z_score(scores: torch.Tensor) -> torch.Tensor:
-    """(s − mean) / (std + eps) over the call, Bessel std (0 for a single score)."""
-    std = scores.std() if scores.numel() > 1 else torch.zeros((), dtype=scores.dtype)
-    return (scores - scores.mean()) / (std + NORMALIZE_EPS)
+    """(s − mean) / (std + eps) over the call's non-NaN scores, Bessel std (0 for a single score); NaN stays NaN."""
+    present = scores[~torch.isnan(scores)]
+    std = present.std() if present.numel() > 1 else torch.zeros((), dtype=scores.dtype)
+    return (scores - present.mean()) / (std + NORMALIZE_EPS)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -239,6 +242,12 @@ class RewardModelReward:
                     "quantize or cast a model instance yourself."
                 )
             model = model_or_path
+            if any(is_sharded(parameter) for parameter in model.parameters()):
+                raise ValueError(
+                    f"RewardModelReward: the model instance ({type(model).__name__}) has parameters sharded by "
+                    "FSDP2 or DeepSpeed ZeRO-3; each process scores with a whole copy: pass a path (loaded whole "
+                    "on every rank) or an unsharded model."
+                )
             first_parameter = next(model.parameters(), None)
             default_device = first_parameter.device if first_parameter is not None else torch.device("cpu")
             self.device = torch.device(device) if device is not None else default_device
@@ -366,7 +375,10 @@ class RewardModelReward:
             "\n".join(str(message.get("content", "")) for message in completion) if _is_messages(completion)
             else str(completion) for completion in completions
         ]
-        scores = self.score_texts(self.texts(prompts, completions), completion_texts)  # [N]
+        raw = self.score_texts(self.texts(prompts, completions), completion_texts)  # [N]
+        # The guard's classification: a NaN/±inf logit (e.g. an fp16 overflow) is a bad score; it is left out of
+        # the normalization statistics and returned as it is, at its index, for the trainer's guard to handle.
+        scores, non_finite = classify_reward_tensor(raw, nan_means_unscored=False)  # [N], NaN where bad
         log_metric = kwargs.get("log_metric")
         if self.normalize is not None or callable(log_metric):
             n = len(scores)
@@ -382,7 +394,7 @@ class RewardModelReward:
             elif self.normalize == "running":
                 self.moments.update(all_scores)
                 scores = ((all_scores - self.moments.mean) / (self.moments.std + NORMALIZE_EPS))[mine]
-        return scores.tolist()
+        return torch.where(non_finite, raw, scores).tolist()
 
     def state_dict(self) -> dict:
         """JSON-serializable state: the normalize mode and running statistics (``None`` unless ``"running"``)."""

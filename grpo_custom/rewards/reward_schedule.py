@@ -1,14 +1,14 @@
-"""Reward weights by training stage (:class:`Stage`, :class:`RewardSchedule`) and :func:`blend`, one TRL
-reward function mixing two by a scalar schedule; pure functions of the step (resumable, picklable)."""
+"""Reward weights by training stage (:class:`Stage`, :class:`RewardSchedule`); pure functions of the step and
+of the steps gated stages opened at (resumable, picklable). :func:`blend` lives in :mod:`.blend`."""
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from grpo_custom.rewards.gates import Gate, as_gate
 from grpo_custom.rewards.scalar_schedule import BLENDS, _finite_number, _interpolate, _mix, _step_number
 
 
@@ -19,6 +19,8 @@ class Stage:
     Args:
         start: first step of the stage: an integer step >= 0, or a float fraction of ``max_steps`` in
             ``[0, 1)`` (resolved to ``floor(fraction·max_steps + 0.5)``). ``0`` and ``0.0`` both mean step 0.
+            Or a :class:`~grpo_custom.rewards.gates.Gate` (or a callable ``metrics -> bool``, a gate with
+            default options): the stage starts at the step its gate opens (see ``docs/reward_schedules.md``).
         weights: reward name → weight in this stage. A name missing here keeps the previous stage's
             weight; the first stage must name every reward that any stage names.
         blend: how the stage takes over from the previous one: ``"step"`` (immediately),
@@ -28,7 +30,7 @@ class Stage:
         name: stage name for logging; defaults to ``f"stage{index}"``.
     """
 
-    start: int | float
+    start: int | float | Gate | Callable[[dict], bool]
     weights: Mapping[str, float]
     blend: str = "step"
     transition: int = 0
@@ -45,8 +47,13 @@ class RewardSchedule:
     missing in a stage inherits the previous stage's weight. Everything is a pure function of the
     step, so resuming from a checkpoint reproduces the uninterrupted run.
 
+    Gated stages (``start`` a :class:`Gate`) start at the step their gate opened, passed as ``opened`` (stage
+    name → step; the trainer keeps it in a ``CurriculumState``); until then they have not started. Every stage
+    after a gated stage must be gated too, and a ``max_step`` must come after the latest possible start of the
+    stage before (plus its transition).
+
     Args:
-        stages: the stages in order; the first must start at 0.
+        stages: the stages in order; the first must start at 0 (it cannot be gated).
 
     Raises:
         ValueError: empty stages, a first stage not at 0, starts not strictly increasing, a
@@ -71,6 +78,7 @@ class RewardSchedule:
         self._full_weights = _inherited_weights(self._stages)
         _check_order(self._stages, int)
         _check_order(self._stages, float)
+        _check_gates(self._stages)
         if not self.has_fractional_starts:
             _check_resolved(self._stages)
 
@@ -83,6 +91,16 @@ class RewardSchedule:
     def has_fractional_starts(self) -> bool:
         """Whether some stage starts at a fraction of ``max_steps`` (so ``max_steps`` is needed)."""
         return any(isinstance(stage.start, float) for stage in self._stages)
+
+    @property
+    def gated_stages(self) -> tuple[tuple[int, Stage], ...]:
+        """``(index, stage)`` of every stage whose start is a :class:`Gate`."""
+        return tuple((index, stage) for index, stage in enumerate(self._stages) if isinstance(stage.start, Gate))
+
+    @property
+    def gated_stages_by_name(self) -> dict[str, Stage]:
+        """Stage name → stage, for the gated stages."""
+        return {stage.name: stage for _, stage in self.gated_stages}
 
     @property
     def reward_names(self) -> set[str]:
@@ -108,23 +126,25 @@ class RewardSchedule:
         _check_resolved(resolved, max_steps)
         return RewardSchedule(resolved)
 
-    def weights_at(self, step: int, max_steps: int | None = None) -> dict[str, float]:
-        """Reward name → weight at ``step`` (``max_steps`` is needed when some start is fractional)."""
-        schedule, index, mix = self._locate(step, max_steps)
+    def weights_at(self, step: int, max_steps: int | None = None, opened: Mapping[str, int] | None = None
+                   ) -> dict[str, float]:
+        """Reward name → weight at ``step`` (``max_steps`` is needed when some start is fractional; ``opened``:
+        gated stage name → the step its gate opened, for the gates open so far)."""
+        schedule, index, mix = self._locate(step, max_steps, opened)
         own = schedule._full_weights[index]
         if mix == 1.0:
             return dict(own)
         previous = schedule._full_weights[index - 1]
         return {name: _interpolate(previous[name], own[name], mix) for name in own}
 
-    def stage_at(self, step: int, max_steps: int | None = None) -> str:
+    def stage_at(self, step: int, max_steps: int | None = None, opened: Mapping[str, int] | None = None) -> str:
         """Name of the last stage whose start has been reached (during a transition, the new stage)."""
-        schedule, index, _ = self._locate(step, max_steps)
+        schedule, index, _ = self._locate(step, max_steps, opened)
         return schedule._stages[index].name
 
-    def mix_at(self, step: int, max_steps: int | None = None) -> float:
+    def mix_at(self, step: int, max_steps: int | None = None, opened: Mapping[str, int] | None = None) -> float:
         """Transition progress ``m`` of the current stage (0 at its start), 1.0 when not transitioning."""
-        return self._locate(step, max_steps)[2]
+        return self._locate(step, max_steps, opened)[2]
 
     def validate_reward_names(self, names: Sequence[str]) -> None:
         """Check that every weighted reward name is one of the reward functions ``names``.
@@ -140,7 +160,8 @@ class RewardSchedule:
                 f"Reward functions: {', '.join(map(repr, names)) or '(none)'}."
             )
 
-    def _locate(self, step: int, max_steps: int | None) -> tuple[RewardSchedule, int, float]:
+    def _locate(self, step: int, max_steps: int | None, opened: Mapping[str, int] | None = None
+                ) -> tuple[RewardSchedule, int, float]:
         """(resolved schedule, index of the current stage, its mix) at ``step``."""
         step = _step_number(step, "RewardSchedule step")
         if max_steps is not None:
@@ -157,12 +178,12 @@ class RewardSchedule:
             )
         else:
             schedule = self
-        starts = [stage.start for stage in schedule._stages]
+        starts = _effective_starts(schedule._stages, opened or {})
         index = bisect_right(starts, step) - 1
-        stage = schedule._stages[index]
-        if stage.transition == 0 or step >= stage.start + stage.transition:
+        stage, start = schedule._stages[index], starts[index]
+        if stage.transition == 0 or step >= start + stage.transition:
             return schedule, index, 1.0
-        return schedule, index, _mix(stage.blend, (step - stage.start) / stage.transition)
+        return schedule, index, _mix(stage.blend, (step - start) / stage.transition)
 
     def __repr__(self) -> str:
         return f"RewardSchedule({list(self._stages)!r})"
@@ -181,7 +202,12 @@ def _checked_stage(index: int, stage: Stage) -> Stage:
     stage = replace(stage, name=name)
     where = _describe(index, stage)
     start = stage.start
-    if isinstance(start, float):
+    gate = as_gate(start) if not isinstance(start, numbers.Number) else None
+    if gate is not None:
+        if index == 0:
+            raise ValueError(f"{where}: the first stage must start at 0, it cannot be gated (got {gate!r}).")
+        start = gate
+    elif isinstance(start, float):
         if not 0.0 <= start < 1.0:
             raise ValueError(f"{where}: a fractional start must be in [0, 1), got {start!r}.")
         start = 0 if start == 0.0 else start
@@ -204,7 +230,7 @@ def _checked_stage(index: int, stage: Stage) -> Stage:
         if not isinstance(key, str) or not key:
             raise ValueError(f"{where}: weight keys must be non-empty reward names, got {key!r}.")
         weights[key] = _finite_number(weight, f"{where}: weight {key!r}")
-    if index == 0 and start != 0:
+    if index == 0 and not isinstance(start, Gate) and start != 0:
         raise ValueError(f"{where}: the first stage must start at 0, got {stage.start!r}.")
     return replace(stage, start=start, transition=transition, weights=weights)
 
@@ -254,11 +280,68 @@ def _check_order(stages: Sequence[Stage], kind: type) -> None:
             )
 
 
+def _check_gates(stages: Sequence[Stage]) -> None:
+    """After a gated stage every stage is gated (a fixed step could come before the gate opens)."""
+    gated = [index for index, stage in enumerate(stages) if isinstance(stage.start, Gate)]
+    for index in range(gated[0] + 1 if gated else len(stages), len(stages)):
+        stage = stages[index]
+        if not isinstance(stage.start, Gate):
+            raise ValueError(
+                f"{_describe(index, stage)}: starts at {stage.start!r} after the gated {_describe(gated[0], stages[gated[0]])}, "
+                f"whose start is not known in advance; gate it too, e.g. start=Gate(..., min_step=...)."
+            )
+
+
+def _effective_starts(stages: Sequence[Stage], opened: Mapping[str, int]) -> list[int]:
+    """The start steps of the stages that have a start: fixed ones, then gated ones while their gate has opened."""
+    unknown = sorted(set(opened) - {stage.name for stage in stages if isinstance(stage.start, Gate)})
+    if unknown:
+        raise ValueError(f"RewardSchedule opened= names {unknown}, which are not gated stages.")
+    starts = []
+    for index, stage in enumerate(stages):
+        if not isinstance(stage.start, Gate):
+            starts.append(stage.start)
+            continue
+        if opened.get(stage.name) is None:
+            break
+        start = _step_number(opened[stage.name], f"{_describe(index, stage)}: opened step")
+        if start < starts[-1] + max(stages[index - 1].transition, 1):
+            raise ValueError(
+                f"{_describe(index, stage)}: opened at step {start}, before {_describe(index - 1, stages[index - 1])} "
+                f"(start {starts[-1]}, transition {stages[index - 1].transition}) let its gate be watched."
+            )
+        starts.append(start)
+    return starts
+
+
+def _latest_start(stage: Stage) -> int | None:
+    """The latest step ``stage`` can start at: its fixed start, its gate's ``max_step``, or None (unbounded)."""
+    return stage.start.max_step if isinstance(stage.start, Gate) else stage.start
+
+
 def _check_resolved(stages: Sequence[Stage], max_steps: int | None = None) -> None:
-    """Integer starts strictly increasing and each transition ending by the next stage's start."""
+    """Integer starts strictly increasing and each transition ending by the next stage's start; a gate's
+    ``max_step`` after the latest start (plus transition) of the stage before it."""
     context = "" if max_steps is None else f" (with max_steps={max_steps})"
     for index in range(1, len(stages)):
         previous, current = stages[index - 1], stages[index]
+        if isinstance(current.start, Gate):
+            if current.start.max_step is None:
+                continue
+            latest = _latest_start(previous)
+            if latest is None:
+                raise ValueError(
+                    f"{_describe(index, current)}: its gate has max_step {current.start.max_step}, but "
+                    f"{_describe(index - 1, previous)} is gated without max_step, so it may start later; give that "
+                    "gate a max_step too (or drop this one)."
+                )
+            if current.start.max_step < latest + max(previous.transition, 1):
+                raise ValueError(
+                    f"{_describe(index, current)}: its gate's max_step {current.start.max_step} comes before "
+                    f"{_describe(index - 1, previous)} can have started and finished its transition (step "
+                    f"{latest} + {max(previous.transition, 1)}){context}."
+                )
+            continue
         if current.start <= previous.start:
             raise ValueError(
                 f"{_describe(index, current)}: starts must be strictly increasing, got start {current.start}{context} "
@@ -271,108 +354,4 @@ def _check_resolved(stages: Sequence[Stage], max_steps: int | None = None) -> No
             )
 
 
-def blend(
-    reward_a: Callable[..., list[float | None]],
-    reward_b: Callable[..., list[float | None]],
-    schedule: Callable[[int], float],
-    name: str | None = None,
-) -> Callable[..., list[float | None]]:
-    """One TRL reward function ``r = (1 − m)·a + m·b`` with ``m = clamp(schedule(step), 0, 1)``.
-
-    The step is the ``step`` keyword argument (passed by grpo-custom), else
-    ``trainer_state.global_step``. Both inner rewards get the same arguments (all keyword arguments
-    included). When ``m == 0`` only ``reward_a`` is called and when ``m == 1`` only ``reward_b``
-    (saving its cost). A ``None`` (cannot score) from an inner reward with non-zero weight makes that
-    sample ``None``. The returned function records the last mix in ``last_mix`` (NaN before the
-    first call) for logging.
-
-    Args:
-        reward_a: reward function weighted ``1 − m`` (TRL signature, one value per completion).
-        reward_b: reward function weighted ``m``.
-        schedule: ``step -> float`` (e.g. a :class:`Schedule`), the mix ``m`` before clamping.
-        name: ``__name__`` of the result; defaults to ``f"blend_{a}_{b}"`` from the inner names.
-    """
-    for argument, function in (("reward_a", reward_a), ("reward_b", reward_b), ("schedule", schedule)):
-        if not callable(function):
-            raise TypeError(f"blend {argument} must be callable, got {function!r}.")
-        if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(getattr(function, "__call__", None)):
-            raise TypeError(f"blend {argument} must be synchronous, got the async {function!r}.")
-    if name is None:
-        name = f"blend_{_function_name(reward_a, 'reward_a')}_{_function_name(reward_b, 'reward_b')}"
-    elif not isinstance(name, str) or not name:
-        raise ValueError(f"blend name must be a non-empty string, got {name!r}.")
-    return _BlendedReward(reward_a, reward_b, schedule, name)
-
-
-def _function_name(function: Callable, argument: str) -> str:
-    """``function.__name__``, or a TypeError asking for ``name=`` when it has none (e.g. a partial)."""
-    function_name = getattr(function, "__name__", None)
-    if not isinstance(function_name, str):
-        raise TypeError(f"blend {argument} {function!r} has no __name__; pass name=... to blend.")
-    return function_name
-
-
-class _BlendedReward:
-    """The picklable reward function built by :func:`blend`."""
-
-    def __init__(self, reward_a: Callable, reward_b: Callable, schedule: Callable[[int], float], name: str):
-        self.reward_a = reward_a
-        self.reward_b = reward_b
-        self.schedule = schedule
-        self.__name__ = name
-        self.last_mix = math.nan
-
-    def __call__(
-        self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs
-    ) -> list[float | None]:
-        mix = min(max(self._scheduled_mix(kwargs), 0.0), 1.0)
-        self.last_mix = mix
-        arguments = dict(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
-        if mix == 0.0:
-            return self._scores(self.reward_a, arguments)
-        if mix == 1.0:
-            return self._scores(self.reward_b, arguments)
-        scores_a = self._scores(self.reward_a, arguments)
-        scores_b = self._scores(self.reward_b, arguments)
-        return [None if a is None or b is None else _interpolate(a, b, mix) for a, b in zip(scores_a, scores_b)]
-
-    def _scheduled_mix(self, kwargs: dict) -> float:
-        """``schedule(step)`` with the step from ``step=`` or ``trainer_state.global_step``."""
-        if "step" in kwargs:
-            step = kwargs["step"]
-        elif getattr(kwargs.get("trainer_state"), "global_step", None) is not None:
-            step = kwargs["trainer_state"].global_step
-        else:
-            raise ValueError(
-                f"Blended reward {self.__name__!r} needs the training step: pass step=... or a trainer_state "
-                "with global_step."
-            )
-        return _finite_number(self.schedule(step), f"Blended reward {self.__name__!r}: schedule({step!r})")
-
-    def _scores(self, reward: Callable, arguments: dict) -> list[float | None]:
-        """Call ``reward`` and check it gives one finite-or-None number per completion."""
-        reward_name = getattr(reward, "__name__", repr(reward))
-        scores = reward(**arguments)
-        expected = len(arguments["completions"])
-        if scores is None or isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence):
-            raise TypeError(
-                f"Blended reward {self.__name__!r}: inner reward {reward_name!r} must return a list of "
-                f"{expected} values, got {type(scores).__name__}."
-            )
-        if len(scores) != expected:
-            raise ValueError(
-                f"Blended reward {self.__name__!r}: inner reward {reward_name!r} returned {len(scores)} values "
-                f"for {expected} completions."
-            )
-        checked = []
-        for index, score in enumerate(scores):
-            if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real)):
-                raise TypeError(
-                    f"Blended reward {self.__name__!r}: inner reward {reward_name!r} returned {score!r} for sample "
-                    f"{index}; expected a number or None."
-                )
-            checked.append(None if score is None else float(score))
-        return checked
-
-    def __repr__(self) -> str:
-        return f"blend({self.reward_a!r}, {self.reward_b!r}, {self.schedule!r}, name={self.__name__!r})"
+from grpo_custom.rewards.blend import blend  # noqa: E402  (re-exported: its historic home)

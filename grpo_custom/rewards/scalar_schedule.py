@@ -121,6 +121,29 @@ class Schedule(ABC):
             checked.append((step, value))
         return _Piecewise(tuple(checked), interpolation)
 
+    @classmethod
+    def after_stage(cls, stage: str, schedule: Schedule, before: float | None = None) -> Schedule:
+        """``schedule`` counted from the start ``t`` of reward stage ``stage``: ``v(step) = schedule(step − t)``
+        once the stage has started (``step >= t``), ``before`` until then (default ``schedule(0)``).
+
+        ``t`` is the stage's start in the trainer's ``reward_schedule``: a fixed start, or the step its gate
+        opened (:class:`~grpo_custom.rewards.gates.Gate`). The trainer binds the schedule to its run when it is
+        built (found in a regularizer ``coef`` — the tested use —, a scheduled ``epsilon``/``epsilon_high``/``delta``,
+        ``policy_loss_kwargs``, estimator-mix weights or a :func:`blend` schedule); one schedule object follows
+        one trainer at a time (the last one built with it). Unbound, only step 0 has a value (``before``). E.g. ``Schedule.after_stage("strict", Schedule.linear(0.0, 0.05, 0, 50))``
+        warms a KL coefficient up over the 50 steps after the "strict" stage opens.
+
+        Raises:
+            ValueError: an empty stage name, a non-schedule ``schedule``, a non-finite ``before``; calling it
+                before a trainer bound it (or with a stage its reward schedule lacks, at trainer construction).
+        """
+        if not isinstance(stage, str) or not stage:
+            raise ValueError(f"Schedule.after_stage stage must be a stage name, got {stage!r}.")
+        if not isinstance(schedule, Schedule) or isinstance(schedule, _AfterStage):
+            raise ValueError(f"Schedule.after_stage needs a Schedule (constant/linear/cosine/piecewise), got {schedule!r}.")
+        before = schedule(0) if before is None else _finite_number(before, "Schedule.after_stage before")
+        return _AfterStage(stage, schedule, before)
+
 
 def _ramp_arguments(
     kind: str, start_value: object, end_value: object, start_step: object, end_step: object
@@ -191,3 +214,40 @@ class _Piecewise(Schedule):
             return self.points[index][1]
         (left_step, left_value), (right_step, right_value) = self.points[index], self.points[index + 1]
         return _interpolate(left_value, right_value, (step - left_step) / (right_step - left_step))
+
+
+@dataclass(frozen=True, repr=False)
+class _AfterStage(Schedule):
+    """``schedule(step − start of stage)`` once the stage started, ``before`` until then (bound to a run)."""
+
+    stage: str
+    schedule: Schedule
+    before: float
+    factory = "after_stage"
+
+    def bind(self, start_of) -> None:
+        """Read the stage's start from ``start_of(stage) -> int | None`` (the trainer's ``CurriculumState``)."""
+        object.__setattr__(self, "_start_of", start_of)
+
+    def value_at(self, step: int, start: int | None) -> float:
+        """The value at ``step`` when the stage starts at ``start`` (None: not started)."""
+        step = _step_number(step, "after_stage schedule step")
+        return self.before if start is None or step < start else self.schedule(step - start)
+
+    def _value(self, step: int) -> float:
+        start_of = getattr(self, "_start_of", None)
+        if start_of is None and step == 0:  # GRPOConfig reads a scheduled epsilon at step 0 before any trainer exists
+            return self.before
+        if start_of is None:
+            raise ValueError(
+                f"{self!r} follows the start of stage {self.stage!r}, which only a trainer with a reward_schedule "
+                "knows: use it in a GRPOConfig (the trainer binds it), or call value_at(step, start)."
+            )
+        return self.value_at(step, start_of(self.stage))
+
+    def __getstate__(self) -> dict:
+        return {"stage": self.stage, "schedule": self.schedule, "before": self.before}  # the binding stays behind
+
+    def __setstate__(self, state: dict) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)

@@ -39,18 +39,22 @@ def build_tiny_tokenizer():
 
 def build_tiny_model(tokenizer, *, architecture: str = "qwen2", hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
                      initializer_range: float = 0.2):
-    """A random tiny causal LM sized to ``tokenizer`` (``architecture``: ``"qwen2"`` or ``"llama"``).
+    """A random tiny causal LM sized to ``tokenizer`` (``architecture``: ``"qwen2"``, ``"llama"``, ``"qwen3"`` or
+    ``"gemma3"``, the text model of Gemma 3; the last two with head_dim = hidden_size / 4 heads).
 
     ``initializer_range`` is larger than the usual 0.02 so the tied embeddings give logits of order
     one: a policy whose logits sit near zero is near-uniform and barely moves under RL.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
-    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
+    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM),
+               "qwen3": (Qwen3Config, Qwen3ForCausalLM), "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM)}
     if architecture not in classes:
         raise ValueError(f"architecture={architecture!r}; choose one of {sorted(classes)}.")
     config_class, model_class = classes[architecture]
+    extra = {"head_dim": hidden_size // 4} if architecture in ("qwen3", "gemma3") else {}  # their default is 128+
     config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -64,6 +68,7 @@ def build_tiny_model(tokenizer, *, architecture: str = "qwen2", hidden_size: int
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
+        **extra,
     )
     torch.manual_seed(seed)
     model = model_class(config)

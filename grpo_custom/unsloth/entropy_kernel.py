@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from grpo_custom.algorithms.sharding import full_tensor
+
 
 @dataclass(frozen=True)
 class LogitTransform:
@@ -223,8 +225,13 @@ def chunked_logps_and_entropies(
         lm_head_bias: optional head bias [V].
         fp32_lm_head: project in float32 outside autocast (None reads ``UNSLOTH_VLLM_FP32_LM_HEAD``, as Unsloth does).
 
-    Gradients flow to ``hidden_states``, ``lm_head`` and ``lm_head_bias`` where they require them.
+    Gradients flow to ``hidden_states``, ``lm_head`` and ``lm_head_bias`` where they require them. A head
+    sharded by FSDP2 (DTensor) is all-gathered first (:func:`grpo_custom.algorithms.sharding.full_tensor`); a
+    ZeRO-3 head must come gathered (Unsloth's loss gathers it), a released one raises ValueError.
     """
+    lm_head = full_tensor(lm_head, name="chunked_logps_and_entropies: lm_head")
+    if lm_head_bias is not None:
+        lm_head_bias = full_tensor(lm_head_bias, name="chunked_logps_and_entropies: lm_head_bias")
     if hidden_states.shape[-1] != lm_head.shape[-1]:
         raise ValueError(f"chunked_logps_and_entropies: hidden size {hidden_states.shape[-1]} does not match the "
                          f"output head's {tuple(lm_head.shape)}.")

@@ -17,7 +17,8 @@ gradient, so a term must be *inside* ``grpo_compute_loss`` to train (GUIDE §3.5
 - ``UnslothEfficientGRPO`` → the same class whose ``apply`` first logs the terms' metrics, eagerly;
 - ``grpo_compute_loss_slow`` (Unsloth's non-chunked fallback) → the same log-prob terms; entropy terms raise;
 - the trainer's ``compute_loss`` → token-level advantages [B, T] are first moved into Unsloth's
-  left-packed loss layout (:func:`align_token_advantages`).
+  left-packed loss layout (:func:`align_token_advantages`); with ``value_function`` the value head reads the
+  hidden states of Unsloth's own forward (:mod:`grpo_custom.value.loss_term`).
 
 Entropies (for entropy regularizers, TRL's ``entropy_coef`` and ``top_entropy_quantile``) come from
 the chunked log-softmax that Unsloth calls with ``return_entropy=True``; while patched, that call
@@ -41,10 +42,13 @@ import torch
 from grpo_custom.algorithms.regularizers import RegularizerInputs
 from grpo_custom.algorithms.token_layout import completion_to_window
 from grpo_custom.fork.hooks.loss import parameter_regularizer_loss
-from grpo_custom.unsloth import trl_metrics
+from grpo_custom.fork.hooks.metrics import _over_processes
+from grpo_custom.unsloth import adaptive_entropy, trl_metrics
 from grpo_custom.unsloth.decisions import chunked_token_weights, token_weights
+from grpo_custom.unsloth.final_log import make_trl_window_log
 from grpo_custom.unsloth.entropy_plan import _entropy_plan, entropy_plan_for, make_entropy_log_softmax
 from grpo_custom.unsloth.policy_term import POLICY_KEY, PolicyStep, PolicyTerm, _policy_step, policy_loss_value
+from grpo_custom.value.loss_term import begin_value_capture, value_function_loss
 
 TERMS_KEY = "grpo_custom_terms"
 _current_step: contextvars.ContextVar["FastLossStep | None"] = contextvars.ContextVar("grpo_custom_fast_loss",
@@ -201,13 +205,15 @@ def make_trainer_compute_loss(original):
         if advantages is not None and advantages.dim() == 2 and inputs.get("pixel_values") is None:
             inputs = {**inputs, "advantages": align_token_advantages(self, inputs)}
         token = _loss_trainer.set(self)
+        begin_value_capture(self)  # value_function: the head reads this forward's hidden states
         try:
             loss = original(self, model, inputs, *args, **kwargs)
         finally:
             _loss_trainer.reset(token)
         trl_metrics.drop_zero_beta_kl(self)  # Unsloth logs kl = 0.0 with beta = 0; TRL logs none
-        # Parameter-space terms (lora_l2) do not involve log-probs: their own autograd graph carries the gradient.
-        return loss + parameter_regularizer_loss(self, model)
+        # Parameter-space terms (lora_l2) and the value loss do not involve log-probs: their own autograd graph
+        # carries the gradient (Unsloth's fast loss ignores the outer gradient of its own term only).
+        return loss + parameter_regularizer_loss(self, model) + value_function_loss(self, inputs)
 
     compute_loss.grpo_custom_original = original
     return compute_loss
@@ -264,11 +270,18 @@ def make_accumulated_loss(original):
         plan_token = _entropy_plan.set(entropy_plan_for(trainer, input_ids))
         trl_entropy_coef = float(getattr(trainer, "entropy_coef", 0.0) or 0.0)
         metrics_token = trl_metrics.begin_loss_call()  # TRL's loss metrics: grpo_custom.unsloth.trl_metrics
+        adaptive = None
         try:
+            adaptive = adaptive_entropy.begin_call(trainer)  # TRL's adaptive controller: see its module
             result = _with_terms(trainer, *args, **kwargs)
         finally:
+            adaptive_entropy.end_call(trainer, adaptive)
             collected = trl_metrics.end_loss_call(metrics_token)
             _entropy_plan.reset(plan_token)
+        if adaptive is not None:  # TRL logs policy_loss and the updated coefficient whatever its value
+            adaptive_entropy.update_controller(trainer, adaptive[1])
+            trl_metrics.log_loss_call(trainer, collected, result, kwargs, float(trainer.entropy_coef), bonus_enabled=True)
+            return result
         trl_metrics.log_loss_call(trainer, collected, result, kwargs, trl_entropy_coef)
         return result
 
@@ -325,12 +338,18 @@ def make_entropy_bonus_weights(original):
     def grpo_entropy_bonus_weights(completion_mask, entropy_mask, entropy_coef, loss_kwargs, trl_version=None,
                                    training=True):
         step = _current_step.get()
-        if step is None or not step.entropy_terms:
-            weights = original(completion_mask, entropy_mask, entropy_coef, loss_kwargs, trl_version, training)
-            trl_metrics.record_trl_bonus_weights(weights)
-            return weights
-        weights = original(completion_mask, entropy_mask, step.trl_entropy_coef, loss_kwargs, trl_version, training)
+        ours_only = step is None or not step.entropy_terms
+        adaptive = adaptive_entropy.adaptive_call()
+        if adaptive is not None:  # c_apply × the weights at coefficient 1, whose support is TRL's effective mask
+            unit = original(completion_mask, entropy_mask, 1.0, loss_kwargs, trl_version, training)
+            adaptive_entropy.record_unit_weights(unit)
+            weights = adaptive.apply_coef * unit
+        else:
+            coef = entropy_coef if ours_only else step.trl_entropy_coef
+            weights = original(completion_mask, entropy_mask, coef, loss_kwargs, trl_version, training)
         trl_metrics.record_trl_bonus_weights(weights)
+        if ours_only:
+            return weights
         if not training:
             loss_kwargs = {**loss_kwargs, "current_gradient_accumulation_steps": 1}
         ids = torch.zeros(completion_mask.shape, dtype=torch.long, device=completion_mask.device)
@@ -355,6 +374,7 @@ def make_entropy_bonus(original):
         @staticmethod
         def apply(entropies, weights, *args):
             trl_metrics.record_bonus(entropies)
+            adaptive_entropy.record_entropies(entropies)
             step = _current_step.get()
             if step is not None and step.entropy_terms:
                 ours = step.entropy_token_weights
@@ -380,8 +400,10 @@ def _log_fast_loss_metrics(trainer, step: FastLossStep) -> None:
     mode = "train" if trainer.model.training else "eval"
     for spec, coef in [*step.logp_terms, *step.entropy_terms]:
         trainer._metrics[mode][f"{spec.metric_prefix}/coef"].append(float(coef))
-    for (prefix, key), (total, count) in step.metrics.items():
-        trainer._metrics[mode][f"{prefix}/{key}"].append(total / count)
+    keys = list(step.metrics)  # the same keys on every process; the mean over processes, as the fork logs them
+    values = _over_processes(trainer, [total / count for total, count in step.metrics.values()])
+    for (prefix, key), value in zip(keys, values):
+        trainer._metrics[mode][f"{prefix}/{key}"].append(value)
 
 
 def _loss_bindings(module) -> list:
@@ -394,6 +416,7 @@ def _loss_bindings(module) -> list:
         (module, "grpo_accumulated_loss", make_accumulated_loss),
         (module, "UnslothEfficientGRPO", make_efficient_grpo),
         (module._UnslothGRPOTrainer, "compute_loss", make_trainer_compute_loss),
+        (module._UnslothGRPOTrainer, "log", make_trl_window_log),  # TRL's averages in the final entry
         (zoo, "grpo_entropy_bonus_weights", make_entropy_bonus_weights),
         (zoo, "UnslothGRPOEntropyBonus", make_entropy_bonus),
         (zoo, "chunked_hidden_states_selective_log_softmax_recompute",

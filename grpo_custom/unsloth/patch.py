@@ -186,11 +186,103 @@ def _make_config_honest(trainer_class, unsloth_config_class, plain_config_class)
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        record_requested_config(self, plain_config_class, args, kwargs)
+        record_requested_config(self, plain_config_class, original_init, args, kwargs)
 
     unsloth_config_class.__init__ = __init__
     trainer_class.effective_config = effective_config
     trainer_class.grpo_custom_fast_path_check = staticmethod(check_fast_path_config)
+
+
+def keep_displaced_configs_picklable(saved: _SavedBindings, displaced, config_class) -> None:
+    """Instances of config classes the patch displaced still pickle (``Trainer._save`` runs ``torch.save(args)``).
+
+    Pickle stores a class by ``__module__`` + ``__qualname__`` and refuses an instance whose class is no longer
+    the object bound there: a config built before ``patch_unsloth()`` (stock Unsloth's ``UnslothGRPOConfig``,
+    which poses as ``trl.trainer.grpo_config.GRPOConfig``, or TRL's own class) failed with ``PicklingError: ...
+    it's not the same object as trl.trainer.grpo_config.GRPOConfig`` at the first checkpoint. Each displaced class
+    gets a ``copyreg`` reducer (restored by ``revert()``) that stores its instances as ``config_class`` (the
+    patched config, which pickles under its own importable name), its options as they were plus
+    ``config_class``'s declared defaults for options the displaced class lacks, so the file loads complete.
+    """
+    import dataclasses
+
+    defaults = {f.name: f for f in dataclasses.fields(config_class) if f.init}
+
+    def reduce_displaced(config):
+        getstate = getattr(config, "__getstate__", None)
+        state = dict((getstate() if getstate is not None else None) or config.__dict__)
+        for name, spec in defaults.items():
+            if name not in state:
+                if spec.default is not dataclasses.MISSING:
+                    state[name] = spec.default
+                elif spec.default_factory is not dataclasses.MISSING:
+                    state[name] = spec.default_factory()
+        return (copyreg._reconstructor, (config_class, object, None), state)
+
+    for klass in displaced:
+        if isinstance(klass, type) and klass is not config_class and not issubclass(klass, config_class):
+            if klass not in saved.dispatch:
+                saved.keep_dispatch(klass)
+            copyreg.dispatch_table[klass] = reduce_displaced
+
+
+def warn_on_displaced_trainers(saved: _SavedBindings, displaced, trainer_class) -> None:
+    """While the patch is active, building a trainer class it displaced (bound before the patch, e.g. by
+    ``from trl import GRPOTrainer`` above the ``patch_unsloth()`` line) warns that the run is not grpo-custom's."""
+    import functools
+    import warnings
+
+    wrapped = [klass for klass in displaced
+               if isinstance(klass, type) and klass is not trainer_class and klass not in trainer_class.__mro__]
+    for klass in wrapped:
+        saved.keep_attribute(klass, "__init__")
+        original_init = klass.__init__
+
+        def make_init(original_init, klass):
+            @functools.wraps(original_init)
+            def __init__(self, *args, **kwargs):
+                outermost = next(c for c in type(self).__mro__ if c in wrapped)  # one warning per trainer
+                if outermost is klass and not isinstance(self, trainer_class) and _active is not None:
+                    warnings.warn(NOT_GRPO_CUSTOM_TRAINER.format(built=_qualified(type(self)),
+                                                                 ours=_qualified(trainer_class)), stacklevel=2)
+                original_init(self, *args, **kwargs)
+            return __init__
+
+        klass.__init__ = make_init(original_init, klass)
+
+
+NOT_GRPO_CUSTOM_TRAINER = (
+    "grpo-custom: a trainer class bound before grpo_custom.patch_unsloth() ({built}, stock: not compiled from "
+    "grpo-custom's fork) is being built while the patch is active; grpo-custom's trainer is the {ours} compiled from "
+    "its fork (patch_unsloth().trainer_class). This run trains on stock Unsloth/TRL, without grpo-custom. Put "
+    "`grpo_custom.patch_unsloth()` before `from trl import GRPOConfig, GRPOTrainer` (right after `import unsloth`), "
+    "or import GRPOTrainer and GRPOConfig again after it."
+)
+
+
+def _qualified(klass) -> str:
+    return f"{klass.__module__}.{klass.__qualname__}"
+
+
+def use_compile_location(saved: _SavedBindings) -> None:
+    """Compile the fork into ``UNSLOTH_COMPILE_LOCATION`` as it is set now.
+
+    ``unsloth_zoo.compiler`` (read in 2026.10.9) takes the variable once, when it is first imported (by
+    ``import unsloth``), into its module global ``UNSLOTH_COMPILE_LOCATION``; a variable set after that (a
+    notebook that imports Unsloth first, as Unsloth asks, then sets it) left the generated
+    ``UnslothGRPOTrainer.py`` in ``./unsloth_compiled_cache``. Where the variable is set and differs from that global, the global is
+    rebound for the patch (``revert()`` restores it). Unset, Unsloth's own choice stands.
+    """
+    import os
+
+    location = os.environ.get("UNSLOTH_COMPILE_LOCATION")
+    if not location:
+        return
+    import unsloth_zoo.compiler as compiler
+
+    if getattr(compiler, "UNSLOTH_COMPILE_LOCATION", None) != location:
+        saved.keep_attribute(compiler, "UNSLOTH_COMPILE_LOCATION")
+        compiler.UNSLOTH_COMPILE_LOCATION = location
 
 
 CPU_SPOOF_HINT = ("set UNSLOTH_ALLOW_CPU=1 to run Unsloth's GPU code path on a CPU (tests only), with "
@@ -247,11 +339,15 @@ def patch_unsloth() -> UnslothPatch:
             saved.keep_attribute(klass, attribute)
     saved.keep_module("trl.trainer.grpo_trainer")
     saved.keep_module(GENERATED_MODULE)
+    owners = (trl, trl.trainer, trl_grpo_config, stock_module)
+    displaced_configs = {getattr(owner, "GRPOConfig", None) for owner in owners} | {pristine}
+    displaced_trainers = {getattr(owner, "GRPOTrainer", None) for owner in owners} - {plain_trainer}
 
     def restore_fork() -> None:
         fork.GRPOTrainer, fork.GRPOConfig = plain_trainer, plain_config
 
     trl_grpo_config.GRPOConfig = pristine
+    use_compile_location(saved)
     sys.modules["trl.trainer.grpo_trainer"] = fork
     trl.trainer.grpo_trainer = fork
     try:
@@ -268,6 +364,8 @@ def patch_unsloth() -> UnslothPatch:
         verify_generated(module)
         install_loss_terms(module)
         _make_config_honest(trainer_class, fork.GRPOConfig, plain_config)
+        keep_displaced_configs_picklable(saved, displaced_configs - {fork.GRPOConfig}, fork.GRPOConfig)
+        warn_on_displaced_trainers(saved, displaced_trainers, trainer_class)
     except BaseException as error:
         module = sys.modules.get(getattr(fork.GRPOTrainer, "__module__", ""), None)
         if module is not None and module is not fork and hasattr(module, "grpo_compute_loss"):

@@ -183,8 +183,13 @@ def _entropy(trainer, state: LossCallMetrics, mask: torch.Tensor) -> float | Non
     return float(totals[0] / totals[1].clamp(min=1.0))
 
 
-def log_loss_call(trainer, state: LossCallMetrics, result, loss_kwargs: dict, trl_entropy_coef: float) -> None:
-    """Log TRL's loss metrics for one ``grpo_accumulated_loss`` call (``result``: its 7-tuple)."""
+def log_loss_call(trainer, state: LossCallMetrics, result, loss_kwargs: dict, trl_entropy_coef: float,
+                  bonus_enabled: bool | None = None) -> None:
+    """Log TRL's loss metrics for one ``grpo_accumulated_loss`` call (``result``: its 7-tuple).
+
+    ``trl_entropy_coef`` is logged as ``entropy_coef``; ``bonus_enabled`` (default: that coefficient is
+    non-zero; True under ``use_adaptive_entropy``, as in TRL) decides whether ``policy_loss`` is logged.
+    """
     mode = "train" if trainer.model.training else "eval"
     metrics = trainer._metrics[mode]
     loss, coef_1, mask = result[0], result[5], result[6]
@@ -193,7 +198,9 @@ def log_loss_call(trainer, state: LossCallMetrics, result, loss_kwargs: dict, tr
     if entropy is not None:
         metrics["entropy"].append(entropy)
     loss_type = trainer.loss_type
-    if trl_entropy_coef != 0.0:
+    if bonus_enabled is None:
+        bonus_enabled = trl_entropy_coef != 0.0
+    if bonus_enabled:
         policy_loss = float(loss.detach()) - state.trl_bonus
         if loss_type in POLICY_LOSS_BEFORE_ACCUMULATION and mode == "train":
             policy_loss *= float(trainer.current_gradient_accumulation_steps)

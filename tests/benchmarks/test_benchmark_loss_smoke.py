@@ -19,6 +19,7 @@ VARIANTS = ("base", "kl k3", "kl k3 (k2 grad)", "entropy", "entropy (recompute)"
 FUSED_VARIANTS = ("entropy (Unsloth fused-linear)", "base (chunked scorer, keeps logits)")
 # every registered policy loss as grpo-custom's term beside Unsloth's loss (issue 15)
 POLICY_VARIANTS = tuple(f"policy {name}" for name in grpo_custom.list_policy_losses())
+VALUE_VARIANTS = ("value head (head)", "value head (shared_head)")  # issue 22: a value function's head and loss
 PAIRED_ROW = re.compile(r"^\| (\d+) \| (policy [^|]+?) \| ([\d.]+) \| ([\d.]+) \|$")
 VOCABS = (32000, 151936)
 GRADIENT_ROW = re.compile(r"^\| (\d+) \| ([^|]+?) \| ([\d.e+-]+) \|$")
@@ -32,7 +33,7 @@ def smoke_run():
     results_file = ROOT / "benchmarks" / "RESULTS_loss_cpu.md"
     before = results_file.read_bytes() if results_file.exists() else None
     completed = subprocess.run([sys.executable, "benchmarks/bench_loss.py", "--smoke"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
     after = results_file.read_bytes() if results_file.exists() else None
     return completed.stdout, before == after
@@ -52,7 +53,7 @@ def _rows(stdout: str) -> dict[tuple[int, str], dict[str, float]]:
 def test_smoke_reports_every_variant_at_both_vocab_sizes(smoke_run):
     stdout, _ = smoke_run
     rows = _rows(stdout)
-    names = VARIANTS + (FUSED_VARIANTS if _fused(stdout) else ()) + POLICY_VARIANTS
+    names = VARIANTS + (FUSED_VARIANTS if _fused(stdout) else ()) + POLICY_VARIANTS + VALUE_VARIANTS
     assert set(rows) == {(vocab, name) for vocab in VOCABS for name in names}, sorted(rows)
     for (vocab, name), row in rows.items():
         assert row["memory"] > 0 and row["ms"] > 0, (vocab, name, row)
@@ -104,6 +105,8 @@ def test_smoke_prints_a_verdict_per_target_and_writes_no_results_file(smoke_run)
     expected.add((151936, "naive entropy peak memory / entropy"))
     expected |= {(vocab, f"{name} {check}") for vocab in VOCABS for name in POLICY_VARIANTS
                  for check in ("peak memory / base", "time / base (paired)")}
+    expected |= {(vocab, f"{name} {check}") for vocab in VOCABS for name in VALUE_VARIANTS
+                 for check in ("peak memory / base", "time / base")}
     assert set(checks) == expected, sorted(checks)
     value, verdict = checks[(151936, "naive entropy peak memory / entropy")]
     assert verdict == ("PASS" if value >= 4.0 else "FAIL")

@@ -77,3 +77,22 @@ def test_two_processes_log_the_global_batch_statistics_of_one(tiny_model_dir, tm
             "reward_model/rm_running/truncated_frac"} <= set(logged)
     assert rank0["rm_running"]["moments"]["count"] == 16  # 8 completions per step, 2 steps, on every rank
     assert len(rank0["advantages"]) == 8 and len(rank0["rewards"]["rm_batch"]) == 8  # TRL keeps the last batch
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or shutil.which("torchrun") is None and
+                    not (Path(sys.executable).parent / "torchrun").exists(), reason="needs torch.distributed")
+def test_two_processes_open_a_gate_at_the_same_step_from_the_gathered_metric(tiny_model_dir, tmp_path):
+    """Issue 23: the gated metric differs per rank (rank 1 alone would open at 4, rank 0 at 8); the gate decides
+    on the mean over processes, so both ranks open it at step 6 and train the same stages."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533",
+                          str(WORKER.with_name("ddp_gate_run.py")), str(tmp_path), tiny_model_dir],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"gate-{rank}.json").read_text()) for rank in (0, 1))
+    assert rank0["world_size"] == 2
+    assert rank0["starts"] == rank1["starts"] == {"strict": 6}
+    assert rank0["stages"] == rank1["stages"] == {str(step): float(step > 6) for step in range(1, 9)}
+    assert rank0["eval_rewards"] == rank1["eval_rewards"]  # TRL's eval reward metrics are gathered already
+    assert run.stdout.count("reward stage 1 'strict' starts") == 1  # printed by the main process only

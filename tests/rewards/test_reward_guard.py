@@ -2,6 +2,8 @@
 import asyncio
 import inspect
 import math
+import numbers
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -11,9 +13,20 @@ from grpo_custom.rewards.guard import (
     BAD_KINDS,
     BadRewardWarning,
     RewardFunctionError,
+    classify_reward_tensor,
     classify_reward_value,
     guard_reward_function,
 )
+
+
+class _RealWithoutFloat:
+    """A type registered as numbers.Real whose float() fails (a symbolic number, say)."""
+
+    def __float__(self):
+        raise TypeError("cannot convert a symbol to float")
+
+
+numbers.Real.register(_RealWithoutFloat)
 
 PROMPTS = ["p0", "p1", "p2", "p3"]
 COMPLETIONS = ["a", "bb", "ccc", "dddd"]
@@ -201,7 +214,44 @@ def test_unknown_policy_lists_valid_ones():
         (torch.tensor([1.0]), (None, "non_number")),
         (1j, (None, "non_number")),
         ("1", (None, "non_number")),
+        (10**400, (None, "non_finite")),  # an int beyond float64: inf as a float (was a bare OverflowError)
+        (-(10**400), (None, "non_finite")),
+        (Fraction(10**400, 3), (None, "non_finite")),
+        (Fraction(1, 4), (0.25, None)),
+        (np.longdouble("1e4000"), (None, "non_finite")),
+        (_RealWithoutFloat(), (None, "non_number")),
     ],
+    ids=lambda value: type(value).__name__ if isinstance(value, (int, Fraction)) else None,
 )
 def test_classify_reward_value(value, expected):
     assert classify_reward_value(value) == expected
+
+
+@pytest.mark.parametrize("policy", ["raise", "nan"])
+def test_int_beyond_float_range_is_a_non_finite_value_under_both_policies(policy):
+    """The issue's example: 10**400 became a bare OverflowError; the guard classifies it like inf."""
+    guarded = guard_reward_function(returning([0.5, 10**400, 0.25, 1.0]), "huge", policy=policy)
+    if policy == "raise":
+        with pytest.raises(RewardFunctionError, match=r"'huge' returned a non-finite value at sample index 1: int 1000"):
+            guarded(prompts=PROMPTS, completions=COMPLETIONS)
+    else:
+        with pytest.warns(BadRewardWarning, match=r"'huge': 1 reward\(s\) set to None \(non_finite=1\)"):
+            assert guarded(prompts=PROMPTS, completions=COMPLETIONS) == [0.5, None, 0.25, 1.0]
+    assert guarded.bad_counts["non_finite"] == 1
+
+
+def test_an_int_too_long_to_print_is_described_by_its_bits():
+    guarded = guard_reward_function(returning([10**5000, 0.0, 0.0, 0.0]), "huge")
+    with pytest.raises(RewardFunctionError, match=r"sample index 0: int <16610-bit integer>"):
+        guarded(prompts=PROMPTS, completions=COMPLETIONS)
+
+
+def test_classify_reward_tensor_matches_the_scalar_classification():
+    values = torch.tensor([1.5, math.nan, math.inf, -math.inf, 0.0])
+    scores, bad = classify_reward_tensor(values, nan_means_unscored=True)
+    assert bad.tolist() == [False, False, True, True, False]
+    assert scores.dtype == torch.float64 and torch.equal(torch.isnan(scores), torch.tensor([0, 1, 1, 1, 0]).bool())
+    scores, bad = classify_reward_tensor(values, nan_means_unscored=False)
+    assert bad.tolist() == [classify_reward_value(v)[1] == "non_finite" for v in values.tolist()]
+    with pytest.raises(TypeError, match="needs a real tensor, got list"):
+        classify_reward_tensor([1.0], nan_means_unscored=True)

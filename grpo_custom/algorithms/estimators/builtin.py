@@ -7,6 +7,7 @@ import math
 import torch
 from trl.trainer.utils import nanstd
 
+from grpo_custom.algorithms.estimators.inputs import AdvantageInputs
 from grpo_custom.algorithms.estimators.registry import register_advantage_estimator
 
 # ---------------------------------------------------------------------------------------------
@@ -75,13 +76,8 @@ def _whiten(values: torch.Tensor, epsilon: float) -> torch.Tensor:
 
 @register_advantage_estimator("grpo")
 def grpo_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
+    inputs: AdvantageInputs,
     *,
-    completion_lengths: torch.Tensor | None = None,
-    completion_mask: torch.Tensor | None = None,
-    rewards_per_func: torch.Tensor | None = None,
-    reward_weights: torch.Tensor | None = None,
     epsilon: float = 1e-4,
     scale_rewards: str | bool = "group",
 ) -> torch.Tensor:
@@ -92,16 +88,15 @@ def grpo_advantages(
     (then A_i = r_i − mean_g), NaN → 0.
 
     Args:
-        rewards: [N] weighted total reward per completion, NaN = unscorable.
-        num_generations: G, completions per prompt (>= 2 for ``scale_rewards="group"``).
+        inputs: the batch (:class:`AdvantageInputs`): rewards [N] (NaN = unscorable), num_generations G.
         epsilon: ε added to the std.
         scale_rewards: ``"group"``, ``"batch"`` or ``"none"``; ``True`` means ``"group"`` and
             ``False`` means ``"none"``, as in TRL.
-        completion_lengths, completion_mask, rewards_per_func, reward_weights: unused.
 
     Returns:
         [N] advantages, dtype and device of ``rewards``.
     """
+    rewards, num_generations = inputs.rewards, inputs.num_generations
     if scale_rewards is True or scale_rewards is False:
         scale_rewards = "group" if scale_rewards else "none"
     if scale_rewards not in ("group", "batch", "none"):
@@ -124,38 +119,28 @@ def grpo_advantages(
 
 @register_advantage_estimator("dr_grpo")
 def dr_grpo_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
+    inputs: AdvantageInputs,
     *,
-    completion_lengths: torch.Tensor | None = None,
-    completion_mask: torch.Tensor | None = None,
-    rewards_per_func: torch.Tensor | None = None,
-    reward_weights: torch.Tensor | None = None,
     epsilon: float = 1e-4,
 ) -> torch.Tensor:
     """A_i = r_i − mean_g  (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783: no std division).
 
     Args:
-        rewards: [N] weighted total reward per completion, NaN = unscorable.
-        num_generations: G, completions per prompt.
-        completion_lengths, completion_mask, rewards_per_func, reward_weights, epsilon: unused.
+        inputs: the batch (:class:`AdvantageInputs`): rewards [N] (NaN = unscorable), num_generations G.
+        epsilon: unused (the common keyword).
 
     Returns:
         [N] advantages; the scorable advantages of each group sum to 0.
     """
+    rewards, num_generations = inputs.rewards, inputs.num_generations
     _check_rewards("dr_grpo", rewards, num_generations)
     return torch.nan_to_num(rewards - _group_mean(rewards, num_generations), nan=0.0)
 
 
 @register_advantage_estimator("rloo")
 def rloo_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
+    inputs: AdvantageInputs,
     *,
-    completion_lengths: torch.Tensor | None = None,
-    completion_mask: torch.Tensor | None = None,
-    rewards_per_func: torch.Tensor | None = None,
-    reward_weights: torch.Tensor | None = None,
     epsilon: float = 1e-4,
 ) -> torch.Tensor:
     """A_i = r_i − mean_{j≠i} r_j = n/(n−1) · (r_i − mean_g)  (RLOO, Ahmadian et al. 2024, arXiv 2402.14740).
@@ -164,13 +149,13 @@ def rloo_advantages(
     scorable completions has no leave-one-out baseline and gets advantage 0.
 
     Args:
-        rewards: [N] weighted total reward per completion, NaN = unscorable.
-        num_generations: G >= 2, completions per prompt.
-        completion_lengths, completion_mask, rewards_per_func, reward_weights, epsilon: unused.
+        inputs: the batch (:class:`AdvantageInputs`): rewards [N] (NaN = unscorable), num_generations G.
+        epsilon: unused (the common keyword).
 
     Returns:
         [N] advantages; the scorable advantages of each group sum to 0.
     """
+    rewards, num_generations = inputs.rewards, inputs.num_generations
     _check_rewards("rloo", rewards, num_generations, min_generations=2)
     grouped = rewards.view(-1, num_generations)  # [P, G]
     scorable = (~torch.isnan(grouped)).sum(dim=1, keepdim=True).to(rewards.dtype)  # [P, 1]
@@ -181,13 +166,8 @@ def rloo_advantages(
 
 @register_advantage_estimator("reinforce_pp")
 def reinforce_pp_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
+    inputs: AdvantageInputs,
     *,
-    completion_lengths: torch.Tensor | None = None,
-    completion_mask: torch.Tensor | None = None,
-    rewards_per_func: torch.Tensor | None = None,
-    reward_weights: torch.Tensor | None = None,
     epsilon: float = 1e-4,
     gamma: float = 1.0,
 ) -> torch.Tensor:
@@ -197,30 +177,47 @@ def reinforce_pp_advantages(
     gamma < 1: token level. The reward sits on the last valid token, so the return-to-go is
     A_{i,t} = γ^(L_i − 1 − t) · r_i for valid tokens t (L_i = index of the last valid token + 1,
     the valid length for a right-padded mask), 0 on padding; it is then whitened over all valid
-    tokens of the batch ((A − mean) / (std + ε)) and padding stays 0.
+    tokens of the batch ((A − mean) / (std + ε)) and padding stays 0. With token-level rewards
+    (``inputs.token_rewards``, see ``grpo_custom.rewards.token_rewards``) the return-to-go is
+    A_{i,t} = Σ_{s ≥ t} γ^(k(t, s)) · r_{i,s} over the valid tokens, k counting the valid tokens
+    from t to s (GAE with V = 0 and λ = 1, :func:`~.gae.compute_gae`); an unscorable completion
+    (NaN reward) stays 0 and leaves the statistics. gamma = 1 with token-level rewards is an error
+    (the sequence-level form reads one reward per completion).
 
     Args:
-        rewards: [N] weighted total reward per completion, NaN = unscorable.
-        num_generations: G, completions per prompt (groups are not used, only the layout check).
-        completion_mask: [N, T] 0/1 mask of completion tokens; needed when gamma < 1.
+        inputs: the batch (:class:`AdvantageInputs`): rewards [N] (NaN = unscorable), num_generations G.
+        inputs.completion_mask: [N, T] 0/1 mask of completion tokens; needed when gamma < 1.
         epsilon: ε added to the std.
         gamma: discount in [0, 1].
-        completion_lengths, rewards_per_func, reward_weights: unused.
 
     Returns:
         [N] advantages for gamma = 1, [N, T] for gamma < 1; dtype and device of ``rewards``.
     """
+    rewards, num_generations = inputs.rewards, inputs.num_generations
     _check_rewards("reinforce_pp", rewards, num_generations)
     _check_epsilon("reinforce_pp", epsilon)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
         raise ValueError(f"Advantage estimator 'reinforce_pp': option gamma must be a number in [0, 1], got {gamma!r}.")
     if gamma == 1.0:
+        if inputs.token_rewards is not None:
+            sources = ", ".join(repr(name) for name in inputs.token_reward_functions) or "a reward function"
+            raise ValueError(f"Reward function {sources} returned token-level rewards, which advantage estimator "
+                             f"'reinforce_pp' uses only with gamma < 1 (got gamma=1.0); set "
+                             f"advantage_estimator_kwargs={{'gamma': ...}} below 1 or use 'gae'.")
         return torch.nan_to_num(_whiten(rewards, epsilon), nan=0.0)
 
-    mask = _require("reinforce_pp", "completion_mask", completion_mask, (rewards.numel(), -1))
+    mask = _require("reinforce_pp", "completion_mask", inputs.completion_mask, (rewards.numel(), -1))
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("Advantage estimator 'reinforce_pp': completion_mask must contain only 0 and 1.")
     valid = mask.bool()  # [N, T]
+    if inputs.token_rewards is not None:
+        from grpo_custom.algorithms.estimators.gae import compute_gae
+
+        token_rewards = torch.nan_to_num(inputs.token_rewards.to(rewards.dtype), nan=0.0)  # [N, T]
+        returns, _ = compute_gae(token_rewards, torch.zeros_like(token_rewards), valid, gamma=gamma, lam=1.0)
+        returns = torch.where(valid & ~torch.isnan(rewards).unsqueeze(1), returns, torch.nan)  # [N, T]
+        whitened = (returns - torch.nanmean(returns)) / (nanstd(returns) + epsilon)  # [N, T]
+        return torch.nan_to_num(whitened, nan=0.0)
     positions = torch.arange(1, mask.shape[1] + 1, device=rewards.device)  # [T]
     valid_ends = (positions * valid).amax(dim=1, keepdim=True)  # [N, 1] last valid index + 1
     steps_to_end = (valid_ends - positions).clamp(min=0).to(rewards.dtype)  # [N, T] = L − 1 − t
@@ -230,15 +227,13 @@ def reinforce_pp_advantages(
     return torch.nan_to_num(whitened, nan=0.0)
 
 
+reinforce_pp_advantages.uses_token_rewards = True  # with gamma < 1
+
+
 @register_advantage_estimator("reinforce_pp_baseline")
 def reinforce_pp_baseline_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
+    inputs: AdvantageInputs,
     *,
-    completion_lengths: torch.Tensor | None = None,
-    completion_mask: torch.Tensor | None = None,
-    rewards_per_func: torch.Tensor | None = None,
-    reward_weights: torch.Tensor | None = None,
     epsilon: float = 1e-4,
 ) -> torch.Tensor:
     """d_i = r_i − mean_g, then A_i = (d_i − mean_batch(d)) / (std_batch(d) + ε).
@@ -247,14 +242,13 @@ def reinforce_pp_baseline_advantages(
     prompt's difficulty, the batch whitening fixes the scale.
 
     Args:
-        rewards: [N] weighted total reward per completion, NaN = unscorable.
-        num_generations: G, completions per prompt.
+        inputs: the batch (:class:`AdvantageInputs`): rewards [N] (NaN = unscorable), num_generations G.
         epsilon: ε added to the std.
-        completion_lengths, completion_mask, rewards_per_func, reward_weights: unused.
 
     Returns:
         [N] advantages.
     """
+    rewards, num_generations = inputs.rewards, inputs.num_generations
     _check_rewards("reinforce_pp_baseline", rewards, num_generations)
     _check_epsilon("reinforce_pp_baseline", epsilon)
     centered = rewards - _group_mean(rewards, num_generations)  # [N]
@@ -263,13 +257,8 @@ def reinforce_pp_baseline_advantages(
 
 @register_advantage_estimator("opo")
 def opo_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
+    inputs: AdvantageInputs,
     *,
-    completion_lengths: torch.Tensor | None = None,
-    completion_mask: torch.Tensor | None = None,
-    rewards_per_func: torch.Tensor | None = None,
-    reward_weights: torch.Tensor | None = None,
     epsilon: float = 1e-4,
 ) -> torch.Tensor:
     """A_i = r_i − Σ_g |o_j|·r_j / Σ_g |o_j|  (OPO, Hao et al. 2025, arXiv 2505.23585).
@@ -279,16 +268,15 @@ def opo_advantages(
     has no baseline and gets advantage 0.
 
     Args:
-        rewards: [N] weighted total reward per completion, NaN = unscorable.
-        num_generations: G, completions per prompt.
-        completion_lengths: [N] non-negative completion lengths (any real or integer dtype).
-        completion_mask, rewards_per_func, reward_weights, epsilon: unused.
+        inputs: the batch (:class:`AdvantageInputs`): rewards [N] (NaN = unscorable), num_generations G.
+        inputs.completion_lengths: [N] non-negative completion lengths (any real or integer dtype).
 
     Returns:
         [N] advantages; Σ_g |o_i|·A_i = 0 over the scorable completions of each group.
     """
+    rewards, num_generations = inputs.rewards, inputs.num_generations
     _check_rewards("opo", rewards, num_generations)
-    lengths = _require("opo", "completion_lengths", completion_lengths, (rewards.numel(),))
+    lengths = _require("opo", "completion_lengths", inputs.completion_lengths, (rewards.numel(),))
     lengths = lengths.to(device=rewards.device, dtype=rewards.dtype)
     if bool((lengths < 0).any()) or not bool(torch.isfinite(lengths).all()):
         bad = int(torch.nonzero((lengths < 0) | ~torch.isfinite(lengths))[0])
@@ -304,13 +292,8 @@ def opo_advantages(
 
 @register_advantage_estimator("grpo_passk")
 def grpo_passk_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
+    inputs: AdvantageInputs,
     *,
-    completion_lengths: torch.Tensor | None = None,
-    completion_mask: torch.Tensor | None = None,
-    rewards_per_func: torch.Tensor | None = None,
-    reward_weights: torch.Tensor | None = None,
     epsilon: float = 1e-4,
 ) -> torch.Tensor:
     """A_i = (max_g r − max_{j≠i} r_j) / (std_g + ε): only the best completion gets (r_max − r_2nd)/(std_g + ε).
@@ -321,14 +304,13 @@ def grpo_passk_advantages(
     Unscorable completions take no part; a group with fewer than two scorable ones gets 0.
 
     Args:
-        rewards: [N] weighted total reward per completion, NaN = unscorable.
-        num_generations: G >= 2, completions per prompt.
+        inputs: the batch (:class:`AdvantageInputs`): rewards [N] (NaN = unscorable), num_generations G.
         epsilon: ε added to the std.
-        completion_lengths, completion_mask, rewards_per_func, reward_weights: unused.
 
     Returns:
         [N] advantages, at most one non-zero per group.
     """
+    rewards, num_generations = inputs.rewards, inputs.num_generations
     _check_rewards("grpo_passk", rewards, num_generations, min_generations=2)
     _check_epsilon("grpo_passk", epsilon)
     grouped = rewards.view(-1, num_generations)  # [P, G]
@@ -343,13 +325,8 @@ def grpo_passk_advantages(
 
 @register_advantage_estimator("gdpo")
 def gdpo_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
+    inputs: AdvantageInputs,
     *,
-    completion_lengths: torch.Tensor | None = None,
-    completion_mask: torch.Tensor | None = None,
-    rewards_per_func: torch.Tensor | None = None,
-    reward_weights: torch.Tensor | None = None,
     epsilon: float = 1e-4,
 ) -> torch.Tensor:
     """s_i = Σ_k w_k · (r_ik − mean_g,k) / (std_g,k + ε), then A_i = (s_i − mean_batch) / (std_batch + ε).
@@ -361,20 +338,19 @@ def gdpo_advantages(
 
     Args:
         rewards: [N] only its shape, dtype and device are used.
-        num_generations: G >= 2, completions per prompt.
-        rewards_per_func: [N, F] reward of each function, NaN where a function did not score.
-        reward_weights: [F] weight of each function.
+        inputs.rewards_per_func: [N, F] reward of each function, NaN where a function did not score.
+        inputs.reward_weights: [F] weight of each function.
         epsilon: ε added to both stds.
-        completion_lengths, completion_mask: unused.
 
     Returns:
         [N] advantages, dtype of ``rewards``.
     """
+    rewards, num_generations = inputs.rewards, inputs.num_generations
     _check_rewards("gdpo", rewards, num_generations, min_generations=2)
     _check_epsilon("gdpo", epsilon)
-    per_func = _require("gdpo", "rewards_per_func", rewards_per_func, (rewards.numel(), -1))
+    per_func = _require("gdpo", "rewards_per_func", inputs.rewards_per_func, (rewards.numel(), -1))
     num_funcs = per_func.shape[1]
-    weights = _require("gdpo", "reward_weights", reward_weights, (num_funcs,)).to(per_func.device)
+    weights = _require("gdpo", "reward_weights", inputs.reward_weights, (num_funcs,)).to(per_func.device)
     grouped = per_func.view(-1, num_generations, num_funcs)  # [P, G, F]
     z_scores = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (
         nanstd(grouped, dim=1, keepdim=True) + epsilon

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import ADVANTAGE_ESTIMATORS, validate_estimator_options
+from .inputs import AdvantageInputs
+from .registry import ADVANTAGE_ESTIMATORS, call_estimator, validate_estimator_options
 
 @dataclass(frozen=True)
 class EstimatorComponent:
@@ -39,6 +40,8 @@ class MixedEstimator:
     Build it with :func:`mix_estimators`.
     """
 
+    uses_token_rewards = True  # each component is checked on its own by call_estimator
+
     def __init__(self, components: list[EstimatorComponent]):
         self.components = components
         self.__name__ = "mix(" + ", ".join(component.label for component in components) + ")"
@@ -51,10 +54,17 @@ class MixedEstimator:
         """``{label: weight}`` at ``step``."""
         return {component.label: component.weight_at(step) for component in self.components}
 
-    def components_at(self, rewards, num_generations, *, step: int = 0, **data) -> dict[str, torch.Tensor]:
-        """Each component's advantages ([N] or [N, T]) for these rewards (weights not applied)."""
-        return {component.label: component.function(rewards, num_generations,
-                                                    **{**data, **component.options})
+    def components_at(self, rewards, num_generations=None, *, step: int = 0, epsilon=None,
+                      **data) -> dict[str, torch.Tensor]:
+        """Each component's advantages ([N] or [N, T]) for these rewards (weights not applied).
+
+        ``rewards`` may be an :class:`~.inputs.AdvantageInputs` (then ``num_generations`` and ``data`` are
+        not given); components of either contract are called through :func:`~.registry.call_estimator`.
+        """
+        inputs = rewards if isinstance(rewards, AdvantageInputs) else AdvantageInputs(
+            rewards=rewards, num_generations=num_generations, **data)
+        common = {} if epsilon is None else {"epsilon": epsilon}
+        return {component.label: call_estimator(component.function, inputs, {**common, **component.options})
                 for component in self.components}
 
     def combine(self, parts: Mapping[str, torch.Tensor], step: int) -> torch.Tensor:
@@ -69,15 +79,15 @@ class MixedEstimator:
             total = term if total is None else total + term
         return total
 
-    def __call__(self, rewards, num_generations, *, completion_lengths=None, completion_mask=None,
+    def __call__(self, rewards, num_generations=None, *, completion_lengths=None, completion_mask=None,
                  rewards_per_func=None, reward_weights=None, epsilon=None, step: int = 0):
         """The mixed advantages [N] (or [N, T] if a component is token-level) at ``step``; ``epsilon``, when
-        given, goes to every component that does not set its own."""
+        given, goes to every component that does not set its own. ``rewards`` may be an ``AdvantageInputs``."""
+        if isinstance(rewards, AdvantageInputs):
+            return self.combine(self.components_at(rewards, step=step, epsilon=epsilon), step)
         data = dict(completion_lengths=completion_lengths, completion_mask=completion_mask,
                     rewards_per_func=rewards_per_func, reward_weights=reward_weights)
-        if epsilon is not None:
-            data["epsilon"] = epsilon
-        return self.combine(self.components_at(rewards, num_generations, step=step, **data), step)
+        return self.combine(self.components_at(rewards, num_generations, step=step, epsilon=epsilon, **data), step)
 
 
 def mix_estimators(weights: Mapping, options: Mapping | None = None, *,

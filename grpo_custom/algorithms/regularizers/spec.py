@@ -15,6 +15,7 @@ import torch
 
 from grpo_custom.algorithms.regularizers.inputs import RegularizerInputs, RegularizerOutput
 from grpo_custom.algorithms.regularizers.registry import get_regularizer
+from grpo_custom.algorithms.sharding import full_parameters
 
 
 @dataclass
@@ -127,8 +128,17 @@ class RegularizerSpec:
         return float(value)
 
     def term(self, inputs: RegularizerInputs) -> torch.Tensor:
-        """Only the term (no checks, no float conversion): traceable inside Unsloth's compiled loss."""
+        """Only the term (no checks, no float conversion): traceable inside Unsloth's compiled loss. For loss
+        and reward placements only: a "parameters" term goes through :meth:`compute` (sharded parameters)."""
         return self.function(inputs, **self.options)[0]
+
+    def _call(self, inputs: RegularizerInputs) -> RegularizerOutput:
+        """The function on ``inputs``; a "parameters" term runs inside :func:`full_parameters` (FSDP2 / ZeRO-3
+        shards: it reads whole, differentiable parameters, so it has the one-process value on every rank)."""
+        if self.placement != "parameters":
+            return self.function(inputs, **self.options)
+        with full_parameters(inputs.model):
+            return self.function(inputs, **self.options)
 
     def compute(self, inputs: RegularizerInputs) -> RegularizerOutput:
         """Run the regularizer with this spec's options; check the term's shape for its placement.
@@ -136,8 +146,10 @@ class RegularizerSpec:
         Returns:
             (term, metrics): term [B, T] for "loss", [B] for "reward", a scalar for "parameters";
             metrics with float values, including "value". The coefficient is not applied.
+            A "parameters" term runs inside :func:`grpo_custom.algorithms.sharding.full_parameters`, so under
+            FSDP2 or ZeRO-3 it reads whole parameters and has the one-process value on every rank.
         """
-        term, metrics = self.function(inputs, **self.options)
+        term, metrics = self._call(inputs)
         placement = self.placement
         if placement == "parameters":
             expected = ()

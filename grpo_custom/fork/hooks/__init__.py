@@ -7,12 +7,15 @@ behaviour: the ``grpo`` estimator and no regularizers, schedule or routing.
 
 The fork imports this package as ``grpo_custom_hooks``; the hooks live in one module per job:
 :mod:`.configure` (while the trainer is built), :mod:`.rewards` (before the reward functions run),
-:mod:`.advantages`, :mod:`.loss`, :mod:`.policy` (the policy loss), :mod:`.checkpoint`, and :mod:`.metrics`
+:mod:`.curriculum` (gated reward stages), :mod:`.reward_stats` (reward distributions),
+:mod:`.model_rewards` (scores TRL stored past the guard), :mod:`.advantages`, :mod:`.loss`, :mod:`.policy` (the policy loss), :mod:`.checkpoint`, :mod:`.value` (the critic of
+``value_function``, :mod:`grpo_custom.value`), and :mod:`.metrics`
 (what they log); helpers:
 :mod:`.lengths` (tokens generated), :mod:`.start` (checks at the first batch), :mod:`.fingerprint` (resume).
 """
 from .advantages import compute_advantages
 from .checkpoint import STATE_FILE, load_checkpoint_state, save_checkpoint_state
+from .curriculum import attach_curriculum
 from .configure import (
     TrainerExtras,
     configure_trainer,
@@ -22,15 +25,26 @@ from .configure import (
     task_balanced_sampler,
 )
 from .lengths import generated_lengths
+from .model_rewards import check_scored_rewards
 from .loss import add_loss_regularizers, parameter_regularizer_loss
 from .policy import policy_per_token_loss
 from .rewards import before_reward_functions, schedule_context
+from .value import (
+    add_value_outputs,
+    begin_value_capture,
+    load_value_state,
+    rollout_values,
+    save_value_state,
+    value_function_loss,
+)
 
 __all__ = [
     "STATE_FILE",
     "TrainerExtras",
     "add_loss_regularizers",
+    "attach_curriculum",
     "before_reward_functions",
+    "check_scored_rewards",
     "compute_advantages",
     "configure_trainer",
     "generated_lengths",
@@ -43,4 +57,10 @@ __all__ = [
     "save_checkpoint_state",
     "schedule_context",
     "task_balanced_sampler",
+    "add_value_outputs",
+    "begin_value_capture",
+    "load_value_state",
+    "rollout_values",
+    "save_value_state",
+    "value_function_loss",
 ]

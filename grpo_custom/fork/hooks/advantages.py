@@ -5,6 +5,7 @@ from typing import Callable
 
 import torch
 
+from grpo_custom.algorithms.estimators import AdvantageInputs, call_estimator
 from grpo_custom.algorithms.regularizers import RegularizerInputs
 from grpo_custom.fork.hooks.metrics import (
     _log,
@@ -14,6 +15,9 @@ from grpo_custom.fork.hooks.metrics import (
     _log_reward_health,
 )
 from grpo_custom.fork.hooks.policy import mixed_advantages
+from grpo_custom.fork.hooks.token_rewards import gathered_token_rewards
+from grpo_custom.fork.hooks.value import gathered_values, record_returns
+from grpo_custom.fork.hooks.reward_stats import record_reward_distribution
 
 
 def _gathered_completion_mask(trainer, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -78,27 +82,31 @@ def compute_advantages(
         normalizer = extras.task_normalizer if mode == "train" else copy.deepcopy(extras.task_normalizer)
         rewards = normalizer.normalize(rewards, tasks, num_generations)
 
+    token_rewards, token_reward_functions = gathered_token_rewards(
+        trainer, rewards=rewards, rewards_per_func=rewards_per_func, weights=weights,
+        completion_mask=completion_mask, full_mask=full_mask)
+    estimator_inputs = AdvantageInputs(
+        rewards=rewards, num_generations=num_generations, completion_lengths=lengths, completion_mask=full_mask,
+        rewards_per_func=rewards_per_func, reward_weights=weights,
+        token_rewards=token_rewards, token_reward_functions=token_reward_functions,  # [N, T] or None (issue 22)
+        values=gathered_values(trainer, full_mask),  # [N, T] the critic's V_old (value_function), else None
+    )
     if num_generations == 1:  # evaluation only (TRL needs G >= 2 to train): no baseline, advantage 0
         result = torch.zeros_like(rewards)
-    elif trl_advantages is not None and extras.estimator_is_trls and not reward_specs and extras.task_normalizer is None:
+    elif (trl_advantages is not None and extras.estimator_is_trls and not reward_specs
+          and extras.task_normalizer is None and token_rewards is None):
         result = trl_advantages  # TRL just computed exactly this estimator inline (bitwise: tests/algorithms/test_estimators.py)
     elif hasattr(extras.estimator, "components_at"):  # a mix of estimators (logs each component)
-        data = dict(completion_lengths=lengths, completion_mask=full_mask, rewards_per_func=rewards_per_func,
-                    reward_weights=weights)
-        result = mixed_advantages(trainer, extras.estimator, rewards, num_generations, data, full_mask,
+        result = mixed_advantages(trainer, extras.estimator, estimator_inputs, None, {}, full_mask,
                                   lambda values, mask, prefix: _log_advantage_metrics(trainer, mode, values, mask, prefix))
     else:
-        result = extras.estimator(
-            rewards,
-            num_generations,
-            completion_lengths=lengths,
-            completion_mask=full_mask,
-            rewards_per_func=rewards_per_func,
-            reward_weights=weights,
-            **extras.estimator_options,
-        )
+        result = call_estimator(extras.estimator, estimator_inputs, extras.estimator_options)
+    if estimator_inputs.values is not None:  # the critic's targets with its own λ, and value/* metrics
+        record_returns(trainer, estimator_inputs.outcome_token_rewards(), estimator_inputs.values, full_mask, lengths,
+                       extras.estimator_options)
     _log_advantage_metrics(trainer, mode, result, full_mask)
     _log_reward_health(trainer, mode, rewards_per_func, num_generations, lengths)
+    record_reward_distribution(trainer, mode, rewards_per_func)
     if tasks is not None:
         from grpo_custom.rewards.tasks import task_metrics
 

@@ -1,5 +1,5 @@
 """Checkpoint hooks: save (atomically) and restore grpo-custom's state: algorithm fingerprint, task normalizer,
-stateful rewards."""
+stateful rewards, curriculum gates and the current reward stage's scores."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,9 @@ from typing import Any
 from torch import nn
 
 from grpo_custom.fork.hooks.fingerprint import algorithm_fingerprint, check_fingerprint
+from grpo_custom.fork.hooks.reward_stats import stage_rewards_state
 from grpo_custom.fork.hooks.rewards import _user_reward_function
+from grpo_custom.fork.hooks.value import load_value_state, save_value_state
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +23,9 @@ def save_checkpoint_state(trainer, trial) -> None:
     """Write grpo-custom's state into the checkpoint folder (``grpo_custom_state.json``), atomically.
 
     The state: the algorithm fingerprint (:func:`grpo_custom.fork.hooks.fingerprint.algorithm_fingerprint`),
-    the task normalizer's running statistics, and ``state_dict()`` of every reward function that keeps
-    running state (e.g. ``RewardModelReward(normalize="running")``), by reward name. Written to a temporary
+    the task normalizer's running statistics, ``state_dict()`` of every reward function that keeps
+    running state (e.g. ``RewardModelReward(normalize="running")``), by reward name, the curriculum gates'
+    state (hits, opened steps; ``rewards.gates.CurriculumState``) and the current reward stage's scores. Written to a temporary
     file in the folder, then renamed over ``grpo_custom_state.json``: a crash leaves the old file or the new
     one, never part of one.
     """
@@ -36,6 +39,8 @@ def save_checkpoint_state(trainer, trial) -> None:
         "fingerprint": algorithm_fingerprint(trainer),
         "task_normalizer": None if extras.task_normalizer is None else extras.task_normalizer.state_dict(),
         "reward_functions": {name: func.state_dict() for name, func in _stateful_reward_functions(trainer).items()},
+        "curriculum": None if getattr(extras, "curriculum", None) is None else extras.curriculum.state_dict(),
+        "stage_rewards": stage_rewards_state(extras),
     }
     path = os.path.join(folder, STATE_FILE)
     temporary = f"{path}.tmp{os.getpid()}"
@@ -44,6 +49,7 @@ def save_checkpoint_state(trainer, trial) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+    save_value_state(trainer, trial)  # the critic's weights and optimizer state (value_function)
 
 
 def load_checkpoint_state(trainer, checkpoint) -> None:
@@ -62,6 +68,9 @@ def load_checkpoint_state(trainer, checkpoint) -> None:
     holders = [f"reward function {name!r}" for name in stateful]
     if extras.task_normalizer is not None:
         holders.insert(0, f"task_normalization={extras.task_normalizer.mode!r}")
+    curriculum = getattr(extras, "curriculum", None)
+    if curriculum is not None and curriculum.gates:
+        holders.append(f"gated reward stages {sorted(curriculum.gates)}")
     if not os.path.exists(path):
         if holders:
             raise FileNotFoundError(
@@ -78,6 +87,10 @@ def load_checkpoint_state(trainer, checkpoint) -> None:
             raise ValueError(f"expected a JSON object, got {type(state).__name__}")
     except (OSError, ValueError) as error:
         raise ValueError(f"Cannot read {path} (grpo-custom's state of checkpoint {checkpoint}): {error}") from error
+    if curriculum is not None:  # before the fingerprint: a changed gate is refused by stage name
+        curriculum.load_state_dict(state.get("curriculum") or {}, path,
+                                   allow_change=getattr(trainer.args, "resume_allow_config_change", False))
+        extras.stage_rewards = state.get("stage_rewards")
     check_fingerprint(trainer, state.get("fingerprint"), path)
     if extras.task_normalizer is not None:
         if state.get("task_normalizer") is None:
@@ -88,6 +101,7 @@ def load_checkpoint_state(trainer, checkpoint) -> None:
         if name not in saved_rewards:
             raise ValueError(f"{path} holds no state for reward function {name!r}; saved: {sorted(saved_rewards)}.")
         func.load_state_dict(saved_rewards[name])
+    load_value_state(trainer, checkpoint)  # after the fingerprint: a changed value_function is refused by name
 
 
 def _stateful_reward_functions(trainer) -> dict[str, Any]:

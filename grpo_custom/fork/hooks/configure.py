@@ -30,12 +30,17 @@ class TrainerExtras:
     task_normalizer: Any = None
     check_rewards: str | dict = "off"  # a mode, or {reward name: mode} (see reward_check_mode)
     rewards_checked: bool = False
+    reward_constancy: Any = None  # ConstancyEvidence over the first batches (rewards.watch_reward_constancy)
     configured_weights: torch.Tensor | None = None
     estimator_is_trls: bool = False  # the estimator is exactly TRL's inline computation (reuse its result)
     policy_loss: Any = None  # PolicyLossSpec; None on a trainer made before grpo-custom configured it
     pending_metrics: dict = field(default_factory=dict)
     step_context: dict = field(default_factory=dict)  # step/progress/stage of the batch being scored
     started: bool = False  # the start-of-training checks ran (hooks.start.validate_at_start)
+    critic: Any = None  # grpo_custom.value.critic.Critic with value_function (built on first use)
+    curriculum: Any = None  # rewards.gates.CurriculumState with a reward_schedule (hooks.curriculum.attach_curriculum)
+    stage_rewards: dict | None = None  # the current reward stage's scores (hooks.reward_stats)
+    last_stage: int | None = None  # index of the reward stage of the last generated training batch
 
     def placed(self, placement: str) -> list[RegularizerSpec]:
         """The regularizers with the given placement (``"loss"``, ``"reward"`` or ``"parameters"``)."""

@@ -13,6 +13,7 @@ FINGERPRINT_FIELDS = (
     "loss_type", "num_generations", "epsilon", "epsilon_high", "delta", "importance_sampling_level",
     "mask_truncated_completions", "top_entropy_quantile", "regularizers", "reward_weights", "reward_schedule",
     "task_column", "task_normalization", "task_weights", "policy_loss", "policy_loss_kwargs",
+    "value_function",
 )
 
 

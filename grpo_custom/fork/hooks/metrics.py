@@ -73,14 +73,19 @@ def _log_reward_health(trainer, mode: str, rewards_per_func, num_generations: in
       group or G = 1;
     - ``reward_health/<f>/length_corr``: Pearson correlation of r with the completion lengths over the
       scored completions; not logged when undefined (fewer than two, or constant r or lengths).
+
+    Values go through the guard's classification (a ±inf counts as unscored). The zero-std fractions also
+    feed the constancy evidence (:func:`grpo_custom.fork.hooks.rewards.watch_reward_constancy`).
     """
     import math
 
-    from grpo_custom.rewards.direction_check import reward_health_metrics
+    from grpo_custom.fork.hooks.rewards import watch_reward_constancy
+    from grpo_custom.rewards.reward_health import reward_health_metrics
 
     table = reward_health_metrics(rewards_per_func, lengths, num_generations).tolist()  # [3, F], one sync
     for index, name in enumerate(trainer.reward_func_names):
         for metric, values in zip(("nan_rate", "frac_zero_std", "length_corr"), table):
             if not math.isnan(values[index]):
                 _log(trainer, mode, f"reward_health/{name}/{metric}", values[index])
+    watch_reward_constancy(trainer, mode, rewards_per_func, table[1], num_generations)
 

@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass
 
 from grpo_custom.rewards.sandbox.limits import MIB, SandboxLimits
+from grpo_custom.rewards.sandbox.reaper import init_pidfd, reap_init
 from grpo_custom.rewards.sandbox.seccomp import seccomp_program
 
 BWRAP: str | None = os.environ.get("GRPO_SANDBOX_BWRAP") or None  # a path overrides the lookup (tests point it at a missing file)
@@ -153,16 +154,24 @@ def _try(backend: OsBackend) -> str | None:
     """None if a sandbox starts and looks right with ``backend``, else bwrap's complaint."""
     seccomp_fd = seccomp_memfd(backend.deny_process_creation)
     check = "import os; print('ok', os.getuid(), sum(d.isdigit() for d in os.listdir('/proc')) <= 3)"
-    command = bwrap_command(backend, SandboxLimits(), seccomp_fd) + [backend.executable, "-I", "-S", "-B", "-c", check]
+    info_r, info_w = os.pipe()  # the init's pid, to reap it where it becomes our child (reaper.py)
+    command = bwrap_command(backend, SandboxLimits(), seccomp_fd, info_w)
+    command += [backend.executable, "-I", "-S", "-B", "-c", check]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=30, env=dict(ENVIRONMENT),
-                              pass_fds=() if seccomp_fd is None else (seccomp_fd,), stdin=subprocess.DEVNULL,
-                              **backend.popen_user())
+                              pass_fds=(info_w,) + (() if seccomp_fd is None else (seccomp_fd,)),
+                              stdin=subprocess.DEVNULL, **backend.popen_user())
     except (OSError, subprocess.SubprocessError) as exc:
         return f"{backend.bwrap} could not run: {exc}"
     finally:
         if seccomp_fd is not None:
             os.close(seccomp_fd)
+        os.close(info_w)
+        os.set_blocking(info_r, False)
+        pidfd = init_pidfd(info_r, -1)  # bwrap has exited: the init's parent is now us, a subreaper or PID 1
+        if pidfd is not None:
+            reap_init(pidfd)
+        os.close(info_r)
     if done.returncode == 0 and done.stdout.split() == ["ok", str(SANDBOX_UID), "True"]:
         return None
     message = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[-1]

@@ -23,6 +23,7 @@ from pathlib import Path
 from grpo_custom.rewards.sandbox.bwrap import ENVIRONMENT, WORKDIR, bwrap_command, os_backend, seccomp_memfd
 from grpo_custom.rewards.sandbox.cleanup import remove_tree
 from grpo_custom.rewards.sandbox.limits import SandboxLimits
+from grpo_custom.rewards.sandbox.reaper import init_pidfd, reap_init
 
 _HERE = Path(__file__).resolve().parent
 
@@ -111,41 +112,30 @@ class OsLevel:
         process.grpo_info_fd = info_r
         return process
 
-    @staticmethod
-    def _init_pidfd(process: subprocess.Popen) -> int | None:
-        """A pidfd of the sandbox's init (bwrap's reaper, PID 1 of its namespace; pid from ``--info-fd``),
-        checked to still be that process, or None when it is gone."""
-        try:
-            pid = int(json.loads(os.read(process.grpo_info_fd, 1 << 16).decode("utf-8"))["child-pid"])
-            pidfd = os.pidfd_open(pid)
-        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
-            return None
-        try:
-            with open(f"/proc/{pid}/status") as handle:
-                fields = dict(line.split(":", 1) for line in handle.read().splitlines() if ":" in line)
-            if (fields["Name"].strip() == "bwrap" and fields["NSpid"].split()[-1] == "1"
-                    and int(fields["PPid"]) in (process.pid, 1)):
-                return pidfd
-        except (OSError, KeyError, ValueError):
-            pass
-        os.close(pidfd)
-        return None
-
     def kill(self, process: subprocess.Popen) -> None:
         """Kill the sandbox's init, which makes the kernel kill everything in its PID namespace, and wait
         until it has exited; then bwrap itself (bwrap exits with its program and leaves the init to die
-        of ``--die-with-parent``; waiting here makes "nothing of the run is left" hold on return)."""
-        pidfd = self._init_pidfd(process)
+        of ``--die-with-parent``; waiting here makes "nothing of the run is left" hold on return). The
+        init's pidfd is kept for :meth:`release`, which reaps the init where it became the trainer's child."""
+        pidfd = init_pidfd(process.grpo_info_fd, process.pid)
         if pidfd is not None:
             try:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             except OSError:
                 pass
             select.select([pidfd], [], [], 5.0)  # readable once it has exited
-            os.close(pidfd)
+            if getattr(process, "grpo_init_pidfd", None) is not None:
+                os.close(process.grpo_init_pidfd)
+            process.grpo_init_pidfd = pidfd
         kill_group(process)
 
     def release(self, process: subprocess.Popen) -> None:
+        """After bwrap has been waited for: reap the sandbox's init if it became this process's child (the trainer
+        is PID 1 of a container, or a subreaper; see :mod:`grpo_custom.rewards.sandbox.reaper`), close the fds."""
+        pidfd = getattr(process, "grpo_init_pidfd", None)
+        if pidfd is not None:
+            process.grpo_init_pidfd = None
+            reap_init(pidfd)
         os.close(process.grpo_info_fd)
 
     def cleanup(self) -> str | None:

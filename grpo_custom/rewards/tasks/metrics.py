@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from trl.trainer.utils import nanstd
 
+from grpo_custom.rewards.guard import classify_reward_tensor, classify_reward_value
 from grpo_custom.rewards.tasks.normalization import _check_batch, _group_tasks
+
+
+def _reward_vector(rewards: torch.Tensor | Sequence) -> torch.Tensor:
+    """[N] float64 rewards through the guard's classification: NaN for every value that is not a good number
+    (``None``, NaN, ±inf, ``10**400``, a string), so the NaN-aware statistics leave it out."""
+    if isinstance(rewards, torch.Tensor):
+        return classify_reward_tensor(rewards.detach().cpu(), nan_means_unscored=True)[0]
+    numbers = [classify_reward_value(value)[0] for value in rewards]
+    return torch.tensor([math.nan if number is None else number for number in numbers], dtype=torch.float64)
 
 
 def task_metrics(
@@ -27,12 +38,13 @@ def task_metrics(
 
     Args:
         tasks: one task label per completion, [N].
-        rewards: summed rewards [N] (NaN for unscorable completions).
+        rewards: summed rewards [N] (NaN or None for unscorable completions; a value the guard classifies as bad,
+            e.g. ±inf, counts as unscored).
         advantages: advantages [N].
         num_generations: G; groups are consecutive blocks of G and must share a task.
         completion_lengths: completion lengths in tokens [N].
     """
-    rewards = torch.as_tensor(rewards, dtype=torch.float64).detach().cpu()
+    rewards = _reward_vector(rewards)
     advantages = torch.as_tensor(advantages, dtype=torch.float64).detach().cpu()
     lengths = torch.as_tensor(completion_lengths, dtype=torch.float64).detach().cpu()
     _check_batch(rewards, tasks, num_generations, "task_metrics")

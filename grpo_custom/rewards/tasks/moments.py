@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from grpo_custom.rewards.guard import classify_reward_tensor
+
 
 def _bessel_variance(m2: float, count: int) -> float:
     """Bessel-corrected variance ``m2 / (count − 1)``, taken as 0 while ``count < 2``."""
@@ -48,8 +50,9 @@ class RunningMoments:
         self.spread = 0.0  # exact: M2 (sum of squared deviations); exponential: variance
 
     def update(self, values: torch.Tensor) -> None:
-        """Fold the non-NaN entries of ``values`` (any shape) into the statistics."""
-        values = values.detach().reshape(-1).to(torch.float64)
+        """Fold the finite entries of ``values`` (any shape) into the statistics: NaN (unscored) and ±inf (a bad
+        value, by the guard's :func:`~grpo_custom.rewards.guard.classify_reward_tensor`) are left out."""
+        values, _ = classify_reward_tensor(values.reshape(-1), nan_means_unscored=True)
         values = values[~torch.isnan(values)]
         batch_count = values.numel()
         if batch_count == 0:

@@ -10,6 +10,8 @@ from typing import Any, Callable
 from torch import nn
 from trl.trainer.utils import get_callable_name, is_async_callable
 
+from grpo_custom.rewards.guard import describe_reward_value, reward_values
+
 RewardFunction = Callable[..., list]
 Router = Callable[[dict], Sequence[RewardFunction]]
 
@@ -59,7 +61,10 @@ def route_rewards(
     keyword argument that is a list with one entry per completion are sliced to the routed samples; other
     keyword arguments (``trainer_state``, ``log_metric``, ``step``, ...) pass through unchanged, and
     ``log_extra`` is wrapped so that values logged for the subset land in the right rows (``None``
-    elsewhere). A function with no routed sample in a batch is not called.
+    elsewhere). A function with no routed sample in a batch is not called. Its output is read as the guard reads
+    one (:func:`~grpo_custom.rewards.guard.reward_values`: a list, tuple or 1-D array/tensor; a dict, a string or a
+    generator is an error, not reinterpreted) and its values are passed on unconverted: the trainer's guard
+    around the routed function classifies each of them at its index in the full batch.
 
     Args:
         task_rewards: ``{task: [reward function, ...]}`` or a routing callable.
@@ -350,14 +355,18 @@ class RoutedRewardFunction:
         }
         if callable(kwargs.get("log_extra")):
             sub_kwargs["log_extra"] = _scattering_log_extra(kwargs["log_extra"], indices, num_samples, self.__name__)
-        values = list(
-            self.function(
-                prompts=[prompts[index] for index in indices],
-                completions=[completions[index] for index in indices],
-                completion_ids=None if completion_ids is None else [completion_ids[index] for index in indices],
-                **sub_kwargs,
-            )
+        output = self.function(
+            prompts=[prompts[index] for index in indices],
+            completions=[completions[index] for index in indices],
+            completion_ids=None if completion_ids is None else [completion_ids[index] for index in indices],
+            **sub_kwargs,
         )
+        values = reward_values(output)
+        if values is None:
+            raise ValueError(
+                f"{self.__name__}: the reward function returned {describe_reward_value(output)} for the "
+                f"{len(indices)} samples routed to it; it must return a list (or 1-D array) with one value per sample."
+            )
         if len(values) != len(indices):
             raise ValueError(
                 f"{self.__name__}: the reward function returned {len(values)} rewards for the "

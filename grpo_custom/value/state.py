@@ -1,0 +1,57 @@
+"""The critic's files: ``value_head.pt`` (weights + settings, beside the adapter) and ``value_optimizer.pt``
+(the head's optimizer state, in every checkpoint)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+HEAD_FILE = "value_head.pt"
+OPTIMIZER_FILE = "value_optimizer.pt"
+
+
+def save_head(critic, directory: str) -> str:
+    """Write ``{"config": settings, "layers": hidden-state indices, "state_dict": head weights}``; returns the path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, HEAD_FILE)
+    state = {"config": critic.config.to_dict(), "layers": list(critic.layers),
+             "state_dict": {k: v.detach().cpu() for k, v in critic.head.state_dict().items()}}
+    _atomic_save(state, path)
+    return path
+
+
+def save_checkpoint(critic, folder: str) -> None:
+    """Head weights and the head's optimizer state into a checkpoint folder (each file written atomically)."""
+    save_head(critic, folder)
+    _atomic_save(critic.optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
+
+
+def load_checkpoint(critic, folder: str) -> None:
+    """Restore what :func:`save_checkpoint` wrote.
+
+    Raises:
+        FileNotFoundError: the checkpoint lacks a critic file (naming it): the run would restart the critic.
+        ValueError: the saved head reads other hidden states than this run's (naming both).
+    """
+    paths = [os.path.join(folder, name) for name in (HEAD_FILE, OPTIMIZER_FILE)]
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Resuming from {folder} with value_function set, but {path} is missing: the "
+                                    "critic's weights and optimizer state would be lost.")
+    head = torch.load(paths[0], map_location="cpu", weights_only=True)
+    if list(head["layers"]) != list(critic.layers):
+        raise ValueError(f"{paths[0]} holds a value head on hidden states {head['layers']}, this run reads "
+                         f"{list(critic.layers)} (value_function['layers']).")
+    critic.head.load_state_dict(head["state_dict"])
+    critic.optimizer.load_state_dict(torch.load(paths[1], map_location="cpu", weights_only=True))
+
+
+def load_head(path: str) -> dict:
+    """Read a ``value_head.pt`` (e.g. written by ``save_model``): ``{"config", "layers", "state_dict"}``."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _atomic_save(obj, path: str) -> None:
+    temporary = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, temporary)
+    os.replace(temporary, path)

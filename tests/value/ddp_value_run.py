@@ -1,0 +1,73 @@
+"""Two GRPO steps with a value head, its weights and value metrics written to JSON (the value DDP test's worker).
+
+``torchrun --nproc_per_node 2 ddp_value_run.py OUT MODEL_DIR 4 KIND`` (each rank 4 completions) or
+``python ddp_value_run.py OUT MODEL_DIR 8 KIND`` (one process, the same global batch). Completions come from a
+``rollout_func`` that is a pure function of (prompt, index in its group), so both layouts score identical text.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def main(out: str, model_dir: str, per_device: int, kind: str) -> None:
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+
+    import grpo_custom
+    from grpo_custom.testing.cpu_logprob import use_torch_logprob_kernel
+    from grpo_custom.testing.tiny_model import load_tiny_model
+
+    use_torch_logprob_kernel()
+    torch.manual_seed(0)
+    model, tokenizer = load_tiny_model(model_dir)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    group = 4
+
+    def rollout(prompts, trainer):
+        """Completion k of a prompt's group: (5 + 3k + len(prompt)) % 11 + 2 byte tokens, a pure function."""
+        prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+        completion_ids = []
+        for index, prompt in enumerate(prompts):
+            k = index % group
+            length = (5 + 3 * k + len(prompt)) % 11 + 2
+            completion_ids.append([97 + (len(prompt) * 7 + k * 5 + t) % 26 for t in range(length)])
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+    def vowels(prompts, completions, **kwargs):
+        return [sum(ch in "aeiou" for ch in c) / max(1, len(c)) + 0.1 * len(c) for c in completions]
+
+    dataset = Dataset.from_dict({"prompt": [f"prompt number {i}:" for i in range(16)]})
+    args = grpo_custom.GRPOConfig(
+        output_dir=out, per_device_train_batch_size=per_device, num_generations=group, max_completion_length=16,
+        max_steps=2, learning_rate=5e-2, logging_steps=1, report_to="none", bf16=False, use_cpu=True,
+        gradient_checkpointing=False, save_strategy="no", seed=0, data_seed=0, disable_tqdm=True,
+        dataloader_num_workers=0, check_rewards="off", beta=0.0,
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        advantage_estimator="gae", advantage_estimator_kwargs={"lam": "adaptive"},
+        value_function={"kind": kind, "lr": 0.01, "layers": [-1, 1]},
+    )
+    trainer = grpo_custom.GRPOTrainer(model=model, reward_funcs=[vowels], args=args, train_dataset=dataset,
+                                      processing_class=tokenizer, rollout_func=rollout)
+    trainer.train()
+    record = {
+        "value_log": [{k: v for k, v in entry.items() if k.startswith("value/")} for entry in trainer.state.log_history],
+        "head": {k: v.flatten().tolist() for k, v in trainer.grpo_custom.critic.head.state_dict().items()},
+        "lora": {n: p.detach().flatten().tolist() for n, p in model.named_parameters() if p.requires_grad},
+        "head_updates": trainer.grpo_custom.critic.optimizer.updates,
+    }
+    rank = int(os.environ.get("RANK", "0"))
+    with open(os.path.join(out, f"record-{rank}.json"), "w") as handle:
+        json.dump(record, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
