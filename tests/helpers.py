@@ -58,3 +58,19 @@ def changed_parameters(model, before: dict[str, torch.Tensor]) -> tuple[set[str]
         if not torch.equal(param.detach(), before[name]):
             (trainable_changed if param.requires_grad else frozen_changed).add(name)
     return trainable_changed, frozen_changed
+
+
+def pure_rollout(tokenizer, group: int):
+    """A TRL ``rollout_func`` whose completion k of a prompt's group is (5 + 3k + len(prompt)) % 11 + 2 byte tokens
+    (letters): a pure function of (prompt, index in its group), so one process and several score identical text."""
+
+    def rollout(prompts, trainer):
+        prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+        completion_ids = []
+        for index, prompt in enumerate(prompts):
+            k = index % group
+            length = (5 + 3 * k + len(prompt)) % 11 + 2
+            completion_ids.append([97 + (len(prompt) * 7 + k * 5 + t) % 26 for t in range(length)])
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+    return rollout

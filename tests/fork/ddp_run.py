@@ -33,15 +33,9 @@ def main(out: str, model_dir: str, rm_dir: str, per_device: int) -> None:
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
     group = 4
 
-    def rollout(prompts, trainer):
-        """Completion k of a prompt's group: (5 + 3k + len(prompt)) % 11 + 2 byte tokens, a pure function."""
-        prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-        completion_ids = []
-        for index, prompt in enumerate(prompts):
-            k = index % group
-            length = (5 + 3 * k + len(prompt)) % 11 + 2
-            completion_ids.append([97 + (len(prompt) * 7 + k * 5 + t) % 26 for t in range(length)])
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+    from tests.helpers import pure_rollout
+
+    rollout = pure_rollout(tokenizer, group)
 
     def letters(prompts, completions, **kwargs):
         return [sum(ch in "aeiou" for ch in c) / max(1, len(c)) for c in completions]

@@ -47,15 +47,9 @@ def main(out: str, model_dir: str, per_device: int, variant: str = "features") -
     model.for_training = lambda *args, **kwargs: None  # Unsloth-loaded models have these
     model.for_inference = lambda *args, **kwargs: None
 
-    def rollout(prompts, trainer):
-        """Completion k of a prompt's group: (5 + 3k + len(prompt)) % 11 + 2 byte tokens, a pure function."""
-        prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-        completion_ids = []
-        for index, prompt in enumerate(prompts):
-            k = index % GROUP
-            length = (5 + 3 * k + len(prompt)) % 11 + 2
-            completion_ids.append([97 + (len(prompt) * 7 + k * 5 + t) % 26 for t in range(length)])
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+    from tests.helpers import pure_rollout
+
+    rollout = pure_rollout(tokenizer, GROUP)
 
     def distinct(prompts, completions, **kwargs):
         return [len(set(completion)) / max(1, len(completion)) for completion in completions]
