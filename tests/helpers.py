@@ -74,3 +74,34 @@ def pure_rollout(tokenizer, group: int):
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
     return rollout
+
+
+def run_side_scenario(module: str, side: str, work, *, packing: bool = False, timeout: int = 900) -> dict:
+    """Run ``python -m MODULE SIDE OUT`` in a fresh interpreter and return the JSON it writes to OUT.
+
+    ``side`` ``"unsloth"`` gets Unsloth's GPU code path on CPU (GUIDE §2: the spoof, no compile, a private compile
+    location, prefix grouper off; sequence packing as ``packing`` says); any other side runs without Unsloth's
+    variables. ``work`` (a folder) holds the fork cache, the compiled trainer and OUT. A failed run fails the test
+    with the tail of its output."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    root, work = Path(__file__).resolve().parents[1], Path(work)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNSLOTH_")},
+           "PYTHONPATH": str(root), "GRPO_CUSTOM_CACHE_DIR": str(work / "fork_cache"),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if side == "unsloth":
+        env.update({"UNSLOTH_ALLOW_CPU": "1", "UNSLOTH_COMPILE_DISABLE": "1", "TORCHDYNAMO_DISABLE": "1",
+                    "UNSLOTH_COMPILE_LOCATION": str(work / "compiled"),
+                    "UNSLOTH_GRPO_SEQ_PACKING": "1" if packing else "0", "UNSLOTH_GRPO_PREFIX_GROUPER": "0"})
+    out = work / f"{side}{'_packed' if packing else ''}.json"
+    completed = subprocess.run([sys.executable, "-m", module, side, str(out)], cwd=root, env=env,
+                               capture_output=True, text=True, timeout=timeout)
+    if completed.returncode != 0:
+        pytest.fail(f"{side} run failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-6000:]}")
+    return json.loads(out.read_text())

@@ -10,14 +10,13 @@ must be TRL's.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_side_scenario
 
 # Keys only the patched trainer logs (grpo-custom's own families, Unsloth's completion_length): the parity test's.
 from tests.unsloth.test_metrics_parity import GRPO_CUSTOM_PREFIXES, GRPO_CUSTOM_REWARD_QUANTILES, UNSLOTH_EXTRA_KEYS
@@ -29,19 +28,7 @@ ENTROPY_TOL = 1e-3  # nats: the two loss paths compute the same entropies up to 
 
 
 def _run(side: str, work: Path) -> dict:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNSLOTH_")},
-           "PYTHONPATH": str(ROOT), "GRPO_CUSTOM_CACHE_DIR": str(work / "fork_cache"),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    if side == "unsloth":
-        env.update({"UNSLOTH_ALLOW_CPU": "1", "UNSLOTH_COMPILE_DISABLE": "1", "TORCHDYNAMO_DISABLE": "1",
-                    "UNSLOTH_COMPILE_LOCATION": str(work / "compiled"), "UNSLOTH_GRPO_SEQ_PACKING": "0",
-                    "UNSLOTH_GRPO_PREFIX_GROUPER": "0"})
-    out = work / f"{side}.json"
-    completed = subprocess.run([sys.executable, "-m", "tests.unsloth.adaptive_entropy_scenarios", side, str(out)],
-                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if completed.returncode != 0:
-        pytest.fail(f"{side} run failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-6000:]}")
-    return json.loads(out.read_text())
+    return run_side_scenario("tests.unsloth.adaptive_entropy_scenarios", side, work, timeout=600)
 
 
 @pytest.fixture(scope="module")

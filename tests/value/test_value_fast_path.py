@@ -4,14 +4,13 @@ run; its prefix grouper is off (a clear error with a value head: see docs/value_
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import run_side_scenario
 
 pytestmark = [pytest.mark.unsloth,
               pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="Unsloth is not installed")]
@@ -20,19 +19,7 @@ REL_TOL = 2e-3  # tests/unsloth/test_metrics_parity.py's tolerance for batch-det
 
 
 def _run(side: str, work: Path, packing: bool = False) -> dict:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNSLOTH_")},
-           "PYTHONPATH": str(ROOT), "GRPO_CUSTOM_CACHE_DIR": str(work / "fork_cache"),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    if side == "unsloth":
-        env.update({"UNSLOTH_ALLOW_CPU": "1", "UNSLOTH_COMPILE_DISABLE": "1", "TORCHDYNAMO_DISABLE": "1",
-                    "UNSLOTH_COMPILE_LOCATION": str(work / "compiled"),
-                    "UNSLOTH_GRPO_SEQ_PACKING": "1" if packing else "0", "UNSLOTH_GRPO_PREFIX_GROUPER": "0"})
-    out = work / f"{side}{'_packed' if packing else ''}.json"
-    completed = subprocess.run([sys.executable, "-m", "tests.value.value_fast_path_scenarios", side, str(out)],
-                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if completed.returncode != 0:
-        pytest.fail(f"{side} run failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-6000:]}")
-    return json.loads(out.read_text())
+    return run_side_scenario("tests.value.value_fast_path_scenarios", side, work, packing=packing)
 
 
 _runs: dict = {}
