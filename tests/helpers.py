@@ -76,6 +76,20 @@ def pure_rollout(tokenizer, group: int):
     return rollout
 
 
+def run_worker(main, *args) -> None:
+    """Run a torchrun worker's ``main(*args)``, then destroy the default process group if one is up.
+
+    A gloo process group left to the interpreter's exit can abort the process (SIGABRT, "terminate called without an
+    active exception") after the work is done: its C++ threads outlive Python. Every multi-process test worker ends
+    through here, so a finished run exits 0.
+    """
+    try:
+        main(*args)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def run_side_scenario(module: str, side: str, work, *, packing: bool = False, timeout: int = 900) -> dict:
     """Run ``python -m MODULE SIDE OUT`` in a fresh interpreter and return the JSON it writes to OUT.
 

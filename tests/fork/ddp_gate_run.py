@@ -65,4 +65,6 @@ def main(out: str, model_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    from tests.helpers import run_worker
+
+    run_worker(main, sys.argv[1], sys.argv[2])

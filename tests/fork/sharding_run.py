@@ -193,4 +193,6 @@ def main(out: str, model_dir: str, rm_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    from tests.helpers import run_worker
+
+    run_worker(main, sys.argv[1], sys.argv[2], sys.argv[3])

@@ -64,4 +64,6 @@ def main(out: str, model_dir: str, per_device: int, kind: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    from tests.helpers import run_worker
+
+    run_worker(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
