@@ -6,18 +6,24 @@ warm-up. ``--smoke`` runs N = 1,024 once (for CI). Prints one row per estimator:
 milliseconds, completions per second.
 
 Then GAE's chunked scan (``compute_gae``) against a reverse Python loop over T with the same
-arithmetic, at N = 256, T = 4,096 (``--gae-rows``, ``--gae-length``; smoke: 32 × 512), target ≥ 8×.
+arithmetic, at N = 256, T = 4,096 (``--gae-rows``, ``--gae-length``; smoke: 32 × 512), target ≥ 8×,
+right-padded and with holes side by side, once per torch thread count (``--gae-threads``, default
+1 and torch's default), with the load average (other jobs on the machine change the figures). On CPU
+it adds the row compute_gae would give if it kept torch's threads (the reason it does not:
+``grpo_custom/algorithms/estimators/scan.py``).
 
-    python benchmarks/bench_estimators.py [--smoke] [--device cuda] [--dtype float64] [--threads 1]
+    python benchmarks/bench_estimators.py [--smoke] [--device cuda] [--dtype float64] [--threads 1] [--gae-only]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 
+from grpo_custom.algorithms.estimators import scan as scan_module
 from grpo_custom.algorithms.estimators import (
     AdvantageInputs,
     call_estimator,
@@ -46,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--gae-rows", type=int, default=256, help="N of the GAE scan comparison")
     parser.add_argument("--gae-length", type=int, default=4_096, help="T of the GAE scan comparison")
+    parser.add_argument("--gae-only", action="store_true", help="only the GAE scan comparison")
+    parser.add_argument("--gae-threads", default=None,
+                        help="comma-separated torch thread counts for the GAE comparison (default: 1 and torch's)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.num_completions, args.repeats = 1_024, 1
@@ -106,14 +115,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     print(f"{'estimator':<24}{'options':<28}{'ms':>10}{'completions/s':>16}")
     rows = []
-    for name in list_advantage_estimators():
+    for name in [] if args.gae_only else list_advantage_estimators():
         for options in [{}] + EXTRA_OPTIONS.get(name, []):
             seconds = time_estimator(name, options, inputs, args.num_generations, args.repeats, args.device)
             row = dict(name=name, options=options, ms=seconds * 1e3, completions_per_s=args.num_completions / seconds)
             rows.append(row)
             described = ", ".join(f"{key}={value}" for key, value in options.items()) or "(defaults)"
             print(f"{name:<24}{described:<28}{row['ms']:>10.3f}{row['completions_per_s']:>16,.0f}")
-    rows.append(compare_gae_scan(args, dtype))
+    default_threads = torch.get_num_threads()
+    counts = ([int(count) for count in args.gae_threads.split(",")] if args.gae_threads
+              else sorted({1, default_threads}))
+    for count in counts:
+        torch.set_num_threads(count)
+        rows.append(compare_gae_scan(args, dtype))
+    torch.set_num_threads(default_threads)
     return rows
 
 
@@ -155,15 +170,32 @@ def compare_gae_scan(args: argparse.Namespace, dtype: torch.dtype) -> dict:
             timings.append(time.perf_counter() - start)
         return statistics.median(timings)
 
-    row = dict(name="gae_scan", rows=rows, length=length)
+    def run(mask):
+        return compute_gae(rewards, values, mask, gamma=0.99, lam=0.95)
+
+    threads = torch.get_num_threads()
+    row = dict(name="gae_scan", rows=rows, length=length, threads=threads, load_average=os.getloadavg()[0])
+    cells = []
     for layout, mask in (("right-padded", right_padded), ("10% holes", with_holes)):
-        scan = median_seconds(lambda: compute_gae(rewards, values, mask, gamma=0.99, lam=0.95))
         loop = median_seconds(lambda: reverse_loop_gae(rewards, values, mask, 0.99, 0.95))
-        difference = (compute_gae(rewards, values, mask, gamma=0.99, lam=0.95)[0]
-                      - reverse_loop_gae(rewards, values, mask, 0.99, 0.95)).abs().max().item()
-        print(f"gae scan N={rows} T={length} {layout}: compute_gae {scan * 1e3:.2f} ms, reverse loop over T "
-              f"{loop * 1e3:.2f} ms, speed-up {loop / scan:.1f}x (target >= 8x), max |difference| {difference:.2e}")
+        scan = median_seconds(lambda: run(mask))
+        difference = (run(mask)[0] - reverse_loop_gae(rewards, values, mask, 0.99, 0.95)).abs().max().item()
         row[layout] = dict(scan_ms=scan * 1e3, loop_ms=loop * 1e3, speedup=loop / scan, max_abs_difference=difference)
+        if args.device == "cpu" and threads > 1:  # what the scan gives if it keeps torch's threads
+            scan_module.CPU_ONE_THREAD = False
+            try:
+                row[layout]["all_threads_ms"] = median_seconds(lambda: run(mask)) * 1e3
+            finally:
+                scan_module.CPU_ONE_THREAD = True
+        cells.append(f"{layout}: {scan * 1e3:.1f} vs {loop * 1e3:.1f} ms = {loop / scan:.1f}x "
+                     f"(|diff| {difference:.1e})")
+    print(f"gae scan N={rows} T={length} threads={threads} load {row['load_average']:.1f}->{os.getloadavg()[0]:.1f}: "
+          f"compute_gae vs reverse loop over T, target >= 8x | " + " | ".join(cells))
+    if "all_threads_ms" in row["right-padded"]:
+        print(f"    (compute_gae keeping {threads} intra-op threads: "
+              + ", ".join(f"{layout} {row[layout]['all_threads_ms']:.1f} ms = "
+                          f"{row[layout]['loop_ms'] / row[layout]['all_threads_ms']:.1f}x"
+                          for layout in ("right-padded", "10% holes")) + ")")
     return row
 
 

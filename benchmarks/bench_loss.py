@@ -18,7 +18,8 @@ the report states that decision); ``entropy (recompute)`` (Unsloth's recomputing
 path offloads); ``base (recompute logps)`` (that recomputing kernel without entropy: its like-for-like
 reference); ``naive entropy`` (full logits h @ Wᵀ → log_softmax → entropy and log-probs, plain autograd);
 ``value head (head)`` / ``value head (shared_head)``: the base loss plus a value function's value head on the same
-h and its clipped value loss (docs/value_function.md; the ``adapter`` kind is not implemented, so not measured).
+h and its clipped value loss (docs/value_function.md). The ``adapter`` kind runs a second decoder forward + backward
+outside this loss, so it is not measured here: ``benchmarks/bench_value.py`` measures every kind at the trainer level.
 
 Targets: entropy ≤ 1.1× the peak memory and ≤ 1.3× the time of ``base``; the detached value head ≤ 1.05× / 1.15×,
 the shared one ≤ 1.10× / 1.25×; at V = 151936 the naive

@@ -87,7 +87,8 @@ GRPO_TRAINER_EDITS = (
     ),
     SourceEdit.insert_after(
         name="advantage_estimator",
-        reason="replace the inline GRPO advantages by the configured estimator (and reward-placed penalties)",
+        reason="replace the inline GRPO advantages by the configured estimator (and reward-placed penalties); "
+               "tool_mask: tokens a tool wrote are not scored (GAE skips them)",
         anchor="        advantages = torch.nan_to_num(advantages, nan=0.0)\n",
         text=(
             "        advantages = grpo_custom_hooks.compute_advantages(\n"
@@ -98,6 +99,7 @@ GRPO_TRAINER_EDITS = (
             "            prompt_ids=prompt_ids,\n"
             "            generated_lengths=grpo_custom_hooks.generated_lengths(completion_ids_list, tool_mask_list, device),\n"
             "            trl_advantages=advantages,\n"
+            "            tool_mask=tool_mask,\n"
             "            inputs=inputs,\n"
             "            mode=mode,\n"
             "            ref_per_token_logps=ref_per_token_logps,\n"
@@ -141,7 +143,7 @@ GRPO_TRAINER_EDITS = (
         name="value_capture",
         reason="value_function: keep the hidden states of the loss's policy forward for the value head (no second forward)",
         anchor='        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]\n',
-        text="        grpo_custom_hooks.begin_value_capture(self)\n",
+        text="        grpo_custom_hooks.begin_value_capture(self, inputs)\n",
     ),
     SourceEdit.insert_before(
         name="parameter_regularizers",

@@ -557,6 +557,63 @@ def gpu_4bit(model_dir, work):
 
 
 @scenario
+def gpu_value_adapter(model_dir, work):
+    """On a CUDA GPU: the ``adapter`` critic kind on a 4-bit FastLanguageModel whose LoRA runs through Unsloth's
+    fast LoRA kernels (every attention and MLP projection adapted, no dropout): the kernels must read the active
+    adapter, so the critic's V differs from the same head on the policy adapter's hidden states."""
+    import torch
+
+    import grpo_custom
+
+    patch = grpo_custom.patch_unsloth()
+    from unsloth import FastLanguageModel
+
+    from grpo_custom.testing.length_task import length_dataset
+    from grpo_custom.testing.tiny_model import save_tiny_model
+    from grpo_custom.value.rollout import critic_values, critic_weights
+    from tests.helpers import letter_fraction_reward, snapshot
+
+    llama_dir = str(save_tiny_model(os.path.join(work, "tiny_llama"), architecture="llama"))
+    model, tokenizer = FastLanguageModel.from_pretrained(llama_dir, max_seq_length=256, load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    before = snapshot(model)
+    args = grpo_custom.GRPOConfig(
+        output_dir=os.path.join(work, "out_value"), per_device_train_batch_size=8, num_generations=8,
+        max_completion_length=32, max_steps=2, learning_rate=1e-3, logging_steps=1, report_to="none",
+        save_strategy="no", seed=0, check_rewards="off", advantage_estimator="gae",
+        value_function={"kind": "adapter", "lr": 1e-2, "adapter_lr": 1e-3},
+    )
+    trainer = grpo_custom.GRPOTrainer(model=model, reward_funcs=[letter_fraction_reward], args=args,
+                                      train_dataset=length_dataset(32), processing_class=tokenizer)
+    trainer.train()
+    critic = trainer.grpo_custom.critic
+    params = dict(model.named_parameters())
+    moved = {name for name, value in before.items() if not torch.equal(params[name].detach(), value)}
+    prompt = tokenizer(["Write a word:"] * 2, return_tensors="pt").to(model.device)
+    ids = torch.cat([prompt["input_ids"], prompt["input_ids"][:, -4:]], dim=1)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        with critic_weights(trainer, critic):
+            critic_v = critic_values(trainer, critic, ids, mask, 4)
+        policy_v = critic_values(trainer, critic, ids, mask, 4)
+    logged = [h for h in trainer.state.log_history if "value/loss" in h]
+    result = {
+        "trainer_class": type(trainer).__name__,
+        "policy_lora_moved": sorted(n for n in moved if ".lora_" in n),
+        "base_moved": sorted(n for n in moved if ".lora_" not in n),
+        "policy_lora": sorted(n for n in before if ".lora_" in n),
+        "critic_b_nonzero": [float(p.detach().abs().sum()) > 0 for n, p in critic.adapter_params.items()
+                             if ".lora_B." in n],
+        "critic_vs_policy_values": float((critic_v - policy_v).abs().max()),
+        "value_losses": [h["value/loss"] for h in logged],
+        "critic_updates": critic.optimizer.updates,
+    }
+    patch.revert()
+    return result
+
+
+@scenario
 def entropy_kernels(model_dir, work):
     """Entropy terms in a patched trainer: which chunked kernel runs per ``entropy_kernel``, and equal gradients.
 

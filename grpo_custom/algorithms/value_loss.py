@@ -115,11 +115,20 @@ def value_loss(
     return loss, metrics
 
 
+CONSTANT_RETURNS_TOLERANCE = 1e-10  # Var(R) at or below this share of mean(R² + V²): R is constant up to round-off
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 − Var(R − V) / (Var(R) + 1e-8) over the scored tokens (population variances).
+    """1 − Var(R − V) / Var(R) over the scored tokens (population variances), NaN when R is constant there.
 
     1 is a perfect value function, 0 one no better than the mean return, negative one worse.
-    The 1e-8 keeps constant returns finite (then the result is 1 − Var(R − V)/1e-8).
+    Undefined when the returns are constant over the mask (e.g. every completion of the batch got
+    the same reward, frequent early in training): then NaN, as stable-baselines3's
+    ``explained_variance``; verl adds 1e-5 to Var(R) instead and logs −Var(V)/1e-5, a huge negative
+    number that flattens every dashboard. "Constant" allows round-off: Var(R) ≤ 1e-10 · mean(R² + V²)
+    over the scored tokens (R = A + V in float32 is not exactly constant when V is not), or Var(R) = 0.
+    The trainer skips a NaN when it logs ``value/explained_variance`` (grpo_custom/value/rollout.py),
+    so a logging step averages the defined batches and shows no point when none is.
 
     Args:
         values: [B, T] V.
@@ -127,7 +136,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
         mask: [B, T] 0/1 or bool.
 
     Returns:
-        0-d float tensor (detached), NaN when no token is scored.
+        0-d float32 tensor (detached); NaN when no token is scored or the returns are constant.
     """
     with torch.no_grad():
         weights = mask.to(torch.float64)
@@ -141,4 +150,8 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
             centered = x - (x * weights).sum() / count
             return (centered**2 * weights).sum() / count
 
-        return (1.0 - variance(returns - values) / (variance(returns) + 1e-8)).to(torch.float32)
+        spread = variance(returns)
+        scale = ((returns**2 + values**2) * weights).sum() / count
+        if float(spread) == 0.0 or float(spread) <= CONSTANT_RETURNS_TOLERANCE * float(scale):
+            return torch.tensor(float("nan"))
+        return (1.0 - variance(returns - values) / spread).to(torch.float32)

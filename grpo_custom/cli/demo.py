@@ -191,17 +191,18 @@ def _unsloth_lora_model(model_name: str):
     return model, tokenizer
 
 
-def run_demo(estimator: str = "grpo", steps: int = 60, output_dir: str = "grpo_custom_demo",
-             model_name: str | None = None, seed: int = 0, log_every: int = 10, stream=None,
-             learning_rate: float | None = None) -> DemoResult:
-    """Train the length-control task; print progress, samples and a summary; save the logs and the reward curve.
+def build_demo_trainer(output_dir: str, steps: int, estimator: str = "grpo", model_name: str | None = None,
+                       seed: int = 0, learning_rate: float | None = None, **overrides):
+    """The demo's trainer, not yet trained: its model (the tiny LoRA model on a CPU, Unsloth's with ``model_name``),
+    its length reward ``-|TARGET_LENGTH - len(completion)|``, its prompts and :func:`demo_training_arguments`, whose
+    entries ``overrides`` replace (e.g. ``value_function`` or ``advantage_estimator_kwargs``; the value learning
+    test runs the demo's task this way). ``output_dir`` is created.
 
-    Raises :class:`DemoError` for an unknown estimator, ``steps < 1`` or ``model_name`` without a CUDA GPU.
+    Raises:
+        TypeError / ValueError: from the config class, naming an override that is not one of its options or a bad
+            value.
     """
-    check_demo_options(estimator, steps, model_name)
-    stream = stream or sys.stdout
     import torch
-    from transformers import PrinterCallback, ProgressCallback
 
     from grpo_custom.rewards.builtin import length_reward
     from grpo_custom.testing import length_dataset
@@ -220,15 +221,30 @@ def run_demo(estimator: str = "grpo", steps: int = 60, output_dir: str = "grpo_c
 
     from grpo_custom.unsloth.trainer_classes import current_config_class, current_trainer_class
 
-    config = current_config_class()(**demo_training_arguments(str(out), steps, estimator, seed, on_gpu,
-                                                               learning_rate))
-    trainer = current_trainer_class()(
+    arguments = demo_training_arguments(str(out), steps, estimator, seed, on_gpu, learning_rate)
+    config = current_config_class()(**{**arguments, **overrides})
+    return current_trainer_class()(
         model=model,
         reward_funcs=[length_reward(TARGET_LENGTH, shape="neg_abs")],
         args=config,
         train_dataset=length_dataset(256, seed=seed),
         processing_class=tokenizer,
     )
+
+
+def run_demo(estimator: str = "grpo", steps: int = 60, output_dir: str = "grpo_custom_demo",
+             model_name: str | None = None, seed: int = 0, log_every: int = 10, stream=None,
+             learning_rate: float | None = None) -> DemoResult:
+    """Train the length-control task; print progress, samples and a summary; save the logs and the reward curve.
+
+    Raises :class:`DemoError` for an unknown estimator, ``steps < 1`` or ``model_name`` without a CUDA GPU.
+    """
+    check_demo_options(estimator, steps, model_name)
+    stream = stream or sys.stdout
+    from transformers import PrinterCallback, ProgressCallback
+
+    out = Path(output_dir)
+    trainer = build_demo_trainer(str(out), steps, estimator, model_name, seed, learning_rate)
     for noisy in (PrinterCallback, ProgressCallback):  # they print every log dict
         trainer.remove_callback(noisy)
     steps_log_path = out / "log_history.jsonl"

@@ -170,13 +170,19 @@ class GRPOConfig(_TRLGRPOConfig):
 
     def _validate_value_function(self) -> None:
         """``value_function`` → ``value_function_config`` (``grpo_custom.value.ValueFunctionConfig``); it feeds the
-        ``gae`` estimator, so another estimator with a critic is an error naming both."""
+        ``gae`` estimator and ``gae`` needs it: either without the other is an error naming both."""
+        from grpo_custom.algorithms.estimators import ADVANTAGE_ESTIMATORS
         from grpo_custom.value.config import parse_value_function
 
         self.value_function_config = parse_value_function(self.value_function)
-        if self.value_function_config is not None and self.advantage_estimator != "gae":
+        is_gae = self.advantage_estimator == "gae" or self.advantage_estimator is ADVANTAGE_ESTIMATORS.get("gae")
+        if self.value_function_config is not None and not is_gae:
             raise ValueError(f"value_function is set but advantage_estimator={self.advantage_estimator!r}: the critic's "
                              "values are used by advantage_estimator='gae' (GAE(γ, λ) advantages).")
+        if self.value_function_config is None and is_gae:
+            raise ValueError("advantage_estimator='gae' needs a learned value function: set value_function (e.g. "
+                             "value_function={'kind': 'head'}, docs/value_function.md), or choose another "
+                             "advantage_estimator.")
 
     def to_dict(self) -> dict:
         """TRL's ``to_dict`` with grpo-custom's objects (callables, schedules) as readable strings."""

@@ -205,7 +205,7 @@ def make_trainer_compute_loss(original):
         if advantages is not None and advantages.dim() == 2 and inputs.get("pixel_values") is None:
             inputs = {**inputs, "advantages": align_token_advantages(self, inputs)}
         token = _loss_trainer.set(self)
-        begin_value_capture(self)  # value_function: the head reads this forward's hidden states
+        begin_value_capture(self, inputs)  # value_function: the head reads this forward's hidden states
         try:
             loss = original(self, model, inputs, *args, **kwargs)
         finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-KINDS = ("head", "shared_head")
+KINDS = ("head", "shared_head", "adapter")
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,15 @@ class ValueFunctionConfig:
     Fields:
         kind: ``"head"`` (default): a linear head on the policy's hidden states behind a stop-gradient; only the
             head trains. ``"shared_head"``: the same head, but ``coef`` × the value loss also reaches the policy's
-            trainable weights (its LoRA) through the hidden states.
+            trainable weights (its LoRA) through the hidden states. ``"adapter"``: a second LoRA adapter on the same
+            base model (the policy's LoRA settings, its own weights) under the head: the closest to a separate
+            critic model, at LoRA cost; it costs one more forward and backward of the base model per micro-batch
+            (the policy's adapter is off during it) and needs a PEFT LoRA policy on one process or DDP.
         layers: which hidden states the head reads, numbered as Hugging Face's ``output_hidden_states``
             (0 = embeddings, i = output of decoder layer i, -1 = the last, normed hidden state); several are
             each layer-normed and concatenated.
         lr: the head's learning rate (its own AdamW, betas (0.9, 0.999), no weight decay).
+        adapter_lr: the critic adapter's learning rate (``adapter`` only; None: ``lr``), in the same AdamW.
         coef: the value loss's weight in the policy loss (``shared_head`` only; it scales nothing else).
         cliprange_value: c of the clipped value loss 0.5·max((V−R)², (V_old + clip(V−V_old, ±c) − R)²).
         lam: the critic's λ: the returns R = GAE_λ + V_old it fits (VC-PPO: 1.0). The policy's λ and the
@@ -39,6 +43,7 @@ class ValueFunctionConfig:
     kind: str = "head"
     layers: tuple = (-1,)
     lr: float = 1e-3
+    adapter_lr: float | None = None
     coef: float = 0.1
     cliprange_value: float = 0.5
     lam: float = 1.0
@@ -59,6 +64,11 @@ class ValueFunctionConfig:
             raise ValueError(f"value_function['layers'] lists a layer twice: {list(layers)}.")
         object.__setattr__(self, "layers", tuple(layers))
         _positive("lr", self.lr)
+        if self.adapter_lr is not None:
+            _positive("adapter_lr", self.adapter_lr)
+            if self.kind != "adapter":
+                raise ValueError(f"value_function['adapter_lr'] is the critic adapter's learning rate, but kind="
+                                 f"{self.kind!r} has no adapter; drop it or set kind='adapter'.")
         _finite_number("coef", self.coef, low=0.0)
         _positive("cliprange_value", self.cliprange_value)
         _finite_number("lam", self.lam, low=0.0, high=1.0)

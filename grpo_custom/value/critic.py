@@ -11,7 +11,8 @@ import torch
 
 from grpo_custom.value.capture import HiddenStateCapture, completion_features, decoder_of, resolve_layers
 from grpo_custom.value.config import ValueFunctionConfig
-from grpo_custom.value.head import HeadOptimizer, ValueHead
+from grpo_custom.value.head import ValueHead
+from grpo_custom.value.optimizer import CriticOptimizer
 
 OLD_VALUES_KEY = "grpo_custom_old_values"  # [B, T] keys the critic adds to TRL's generation batch
 RETURNS_KEY = "grpo_custom_returns"
@@ -19,28 +20,47 @@ RETURNS_KEY = "grpo_custom_returns"
 
 @dataclass
 class Critic:
-    """``config``, the ``head`` (float32, on the policy's device), the ``capture`` hooks and the head's
-    ``optimizer``; ``batch`` holds the current generation batch's local old values / returns ([B, T])."""
+    """``config``, the ``head`` (float32, on the policy's device), the ``capture`` hooks, the critic's own
+    ``optimizer`` and, for the ``adapter`` kind, the critic adapter's parameters by name (``adapter_params``);
+    ``batch`` holds the
+    current generation batch's local old values / returns ([B, T])."""
 
     config: ValueFunctionConfig
     head: ValueHead
     capture: HiddenStateCapture
-    optimizer: HeadOptimizer
+    optimizer: CriticOptimizer
+    adapter_params: dict = field(default_factory=dict)
     batch: dict = field(default_factory=dict)
     optimizer_hooks: tuple = ()  # (the policy's torch optimizer, its hook handles) once installed
     pending_returns: tuple | None = None  # (returns [N, T], mask [N, T]) of the last batch, for μ_R, σ_R
 
     @classmethod
-    def build(cls, config: ValueFunctionConfig, model) -> "Critic":
-        """A zero-initialised head (identical on every process) on ``model``'s hidden states."""
+    def build(cls, config: ValueFunctionConfig, model, seed: int = 0) -> "Critic":
+        """A zero-initialised head (identical on every process) on ``model``'s hidden states; for the ``adapter``
+        kind also the critic adapter (:func:`grpo_custom.value.adapter.add_critic_adapter`, LoRA A drawn from
+        ``seed``).
+
+        Raises:
+            ValueError: the ``adapter`` kind on a model that is not a PEFT LoRA model, or whose parameters a
+                sharded engine (FSDP2 / ZeRO-3) holds (the adapter would be added after sharding).
+        """
         decoder = decoder_of(model)
         layers = resolve_layers(config.layers, len(decoder.layers))
         hidden_size = decoder.embed_tokens.embedding_dim
         device = next(model.parameters()).device
         head = ValueHead(hidden_size, len(layers), time_feature=config.time_feature).to(device)
+        adapter_params = {}
+        if config.kind == "adapter":
+            from grpo_custom.algorithms.sharding import has_sharded_parameters
+            from grpo_custom.value.adapter import add_critic_adapter
+
+            if has_sharded_parameters(model):
+                raise ValueError("value_function['kind']='adapter' adds a LoRA adapter after the engine sharded the "
+                                 "model (FSDP2 / ZeRO-3), which it cannot hold; use kind 'head' or 'shared_head'.")
+            adapter_params = add_critic_adapter(model, seed)
         capture = HiddenStateCapture(model, layers, detach=config.kind == "head")
-        return cls(config=config, head=head, capture=capture,
-                   optimizer=HeadOptimizer(head, config.lr, config.max_grad_norm))
+        optimizer = CriticOptimizer(head, config.lr, config.max_grad_norm, adapter_params.values(), config.adapter_lr)
+        return cls(config=config, head=head, capture=capture, optimizer=optimizer, adapter_params=adapter_params)
 
     @property
     def layers(self) -> tuple:
@@ -72,7 +92,7 @@ def critic_of(trainer) -> Critic | None:
         return None
     critic = getattr(extras, "critic", None)
     if critic is None:
-        critic = Critic.build(config, trainer.model)
+        critic = Critic.build(config, trainer.model, seed=int(trainer.args.seed))
         extras.critic = critic
         _save_head_with_model(trainer, critic)
     return critic

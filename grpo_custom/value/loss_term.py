@@ -7,7 +7,9 @@ Both loss paths call the same two functions around the policy's forward: :func:`
 
 - kind ``head``: ``L_V − stop_gradient(L_V)``: the value is 0 (the logged loss stays the policy's) and the
   gradient reaches only the head (its hidden states were captured detached);
-- kind ``shared_head``: ``coef · L_V``, whose gradient also reaches the policy's trainable weights.
+- kind ``shared_head``: ``coef · L_V``, whose gradient also reaches the policy's trainable weights;
+- kind ``adapter``: 0; the critic's forward (the critic adapter active) and backward run before the policy's
+  forward, inside :func:`begin_value_capture`.
 
 L_V = value_loss(V, R, V_old, mask; cliprange_value, loss_type) (``grpo_custom.value_loss``), divided by the
 gradient-accumulation steps as TRL divides its loss. The head's AdamW steps right after the policy's optimizer
@@ -22,32 +24,61 @@ from grpo_custom.value.critic import OLD_VALUES_KEY, RETURNS_KEY, critic_of
 from grpo_custom.value.rollout import forward_lengths
 
 
-def begin_value_capture(trainer) -> None:
-    """Start keeping the hidden states of the policy's forward of this loss call (training only)."""
+def begin_value_capture(trainer, inputs: dict | None = None) -> None:
+    """Before the policy's forward of this loss call (training only): the head kinds start keeping its hidden
+    states; the ``adapter`` kind runs its own step here (:func:`adapter_value_backward`), before the policy's
+    graph exists, so the two graphs are never held at once."""
     critic = critic_of(trainer)
     if critic is None:
         return
     _install_optimizer_hooks(trainer, critic)
+    if critic.config.kind == "adapter":
+        if trainer.model.training:
+            adapter_value_backward(trainer, critic, inputs)
+        return
     critic.capture.start(grad_only=True)
 
 
 def value_function_loss(trainer, inputs: dict) -> torch.Tensor | float:
-    """The critic's term for this micro-batch (0.0 without a critic or outside training); logs ``value/loss``
-    and ``value/clipfrac`` averaged over processes."""
+    """The critic's term for this micro-batch (0.0 without a critic, outside training and for the ``adapter`` kind,
+    whose gradient :func:`begin_value_capture` already made); logs ``value/loss`` and ``value/clipfrac``
+    averaged over processes."""
     critic = critic_of(trainer)
     if critic is None:
         return 0.0
     critic.capture.stop()
     calls = critic.capture.take()
-    if not trainer.model.training:
+    if not trainer.model.training or critic.config.kind == "adapter":
         return 0.0
-    from grpo_custom.algorithms.value_loss import value_loss
-
     completion_mask = inputs["completion_mask"]
     row_lengths, prompt_lengths = forward_lengths(trainer, inputs["prompt_ids"], inputs["prompt_mask"],
                                                   inputs["completion_ids"], completion_mask)
     vpreds = critic.values(calls, row_lengths, prompt_lengths, completion_mask.shape[1],
                            trainer.max_completion_length)  # [B, T]
+    loss = _clipped_value_loss(trainer, critic, vpreds, inputs)
+    if critic.config.kind == "shared_head":
+        return critic.config.coef * loss
+    return loss - loss.detach()
+
+
+def adapter_value_backward(trainer, critic, inputs: dict) -> None:
+    """The ``adapter`` kind's micro-batch: V from a forward of the decoder with the critic adapter active (the
+    policy's adapter off), L_V, and its backward into the head and the critic adapter (gradient checkpointing
+    recomputes inside the same context, so with the same adapter). Nothing reaches the policy's weights."""
+    from grpo_custom.value.rollout import critic_values, critic_weights
+
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)  # [B, P + T]
+    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    with torch.enable_grad(), critic_weights(trainer, critic):
+        vpreds = critic_values(trainer, critic, ids, mask, inputs["completion_ids"].shape[1])  # [B, T]
+        _clipped_value_loss(trainer, critic, vpreds, inputs).backward()
+
+
+def _clipped_value_loss(trainer, critic, vpreds: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """L_V of this micro-batch (scaled for gradient accumulation as TRL's loss); logs its metrics."""
+    from grpo_custom.algorithms.value_loss import value_loss
+
+    completion_mask = inputs["completion_mask"]
     mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
     loss, metrics = value_loss(
         vpreds, inputs[RETURNS_KEY], inputs[OLD_VALUES_KEY], mask.to(vpreds.dtype),
@@ -64,9 +95,7 @@ def value_function_loss(trainer, inputs: dict) -> torch.Tensor | float:
     value, clipfrac = logged.tolist()
     trainer._metrics["train"]["value/loss"].append(value)
     trainer._metrics["train"]["value/clipfrac"].append(clipfrac)
-    if critic.config.kind == "shared_head":
-        return critic.config.coef * loss
-    return loss - loss.detach()
+    return loss
 
 
 def in_warmup(trainer, critic) -> bool:

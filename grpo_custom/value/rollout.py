@@ -3,15 +3,19 @@
 Order inside TRL's ``_generate_and_score_completions`` (each a fork hook):
 
 1. :func:`rollout_values`: one no-grad forward of the policy's decoder (no LM head) over the generated batch, in
-   the layout the loss forward will use (TRL: left-padded rows with their mask; Unsloth: pads moved to the end,
-   as its loss does), so V_old equals the loss's first V on the same weights;
+   the layout the loss forward will use (:func:`critic_values`), so V_old equals the loss's first V on the same
+   weights (the ``adapter`` kind: the decoder with the critic adapter active);
 2. :func:`gathered_values` gives the estimator V_old of the whole (gathered) batch [N, T];
 3. :func:`record_returns`: R = GAE_λc(r, V_old) + V_old with the critic's λ (VC-PPO), this process's rows kept;
-   logs ``value/explained_variance``, ``value/mean``, ``value/returns_mean`` (and ``value/policy_lam`` when the
-   estimator's λ is ``"adaptive"``), over the global batch;
+   logs ``value/explained_variance`` (not for a batch whose returns are constant: it is undefined there),
+   ``value/mean``, ``value/returns_mean`` (and ``value/policy_lam`` when the estimator's λ is ``"adaptive"``),
+   over the global batch;
 4. :func:`add_value_outputs`: V_old and R join TRL's batch dict, so TRL's shuffle and split keep them aligned.
 """
 from __future__ import annotations
+
+import contextlib
+import math
 
 import torch
 
@@ -44,6 +48,22 @@ def rollout_values(trainer, prompt_completion_ids: torch.Tensor, attention_mask:
     critic = critic_of(trainer)
     if critic is None:
         return
+    with torch.no_grad(), critic_weights(trainer, critic):
+        values = critic_values(trainer, critic, prompt_completion_ids, attention_mask, logits_to_keep)  # [B, T]
+    completion_mask = attention_mask[:, prompt_completion_ids.shape[1] - logits_to_keep:]
+    critic.batch = {OLD_VALUES_KEY: values * completion_mask.to(values.dtype)}
+
+
+def critic_values(trainer, critic, prompt_completion_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  logits_to_keep: int) -> torch.Tensor:
+    """V of the state before each completion token, [B, T] float32, from a forward of the decoder alone (no LM
+    head) over ``prompt_completion_ids`` [B, S] (TRL's layout: left-padded prompts, then T completion tokens).
+
+    The forward uses the layout of the policy's loss forward, so on the same weights it gives the loss's V: TRL's
+    rows with their mask; Unsloth's pads moved to the end of each row (as its loss does; right padding also
+    survives its training forwards, which drop the attention mask). Run it inside :func:`critic_weights`.
+    Autograd records it when grad mode is on (the ``adapter`` kind's loss).
+    """
     prompt_width = prompt_completion_ids.shape[1] - logits_to_keep
     prompt_ids, completion_ids = prompt_completion_ids[:, :prompt_width], prompt_completion_ids[:, prompt_width:]
     prompt_mask, completion_mask = attention_mask[:, :prompt_width], attention_mask[:, prompt_width:]
@@ -51,18 +71,26 @@ def rollout_values(trainer, prompt_completion_ids: torch.Tensor, attention_mask:
     from grpo_custom.value.capture import decoder_of
 
     decoder = decoder_of(trainer.model)
-    if on_fast_path(trainer):  # Unsloth's loss layout; right padding also survives its training forward
+    if on_fast_path(trainer):
         pad = trainer.processing_class.pad_token_id
         ids = left_pack(prompt_completion_ids, pad)
         mask = (ids != pad).to(attention_mask.dtype)
     else:
         ids, mask = prompt_completion_ids, attention_mask
-    with torch.no_grad(), critic.capture.recording(grad_only=False):
+    with critic.capture.recording(grad_only=False):
         decoder(input_ids=ids, attention_mask=mask, use_cache=False)
         calls = critic.capture.take()
-        values = critic.values(calls, row_lengths, prompt_lengths, logits_to_keep,
-                               trainer.max_completion_length)  # [B, T]
-    critic.batch = {OLD_VALUES_KEY: values * completion_mask.to(values.dtype)}
+    return critic.values(calls, row_lengths, prompt_lengths, logits_to_keep, trainer.max_completion_length)
+
+
+def critic_weights(trainer, critic):
+    """A context with the critic's weights in the decoder: the critic adapter active for the ``adapter`` kind
+    (:func:`grpo_custom.value.adapter.critic_adapter_active`); nothing to change for the head kinds."""
+    if critic.config.kind == "adapter":
+        from grpo_custom.value.adapter import critic_adapter_active
+
+        return critic_adapter_active(trainer.model)
+    return contextlib.nullcontext()
 
 
 def gathered_values(trainer, full_mask: torch.Tensor) -> torch.Tensor | None:
@@ -114,6 +142,8 @@ def record_returns(trainer, token_rewards: torch.Tensor, values: torch.Tensor, f
         "value/mean": float((values.float() * weights).sum() / count),
         "value/returns_mean": float((returns * weights).sum() / count),
     }
+    if math.isnan(metrics["value/explained_variance"]):  # constant returns: undefined, not logged for this batch
+        del metrics["value/explained_variance"]
     if options.get("lam") == "adaptive" and lengths is not None:
         metrics["value/policy_lam"] = float(adaptive_lambda(lengths.float(), alpha=options.get("alpha", 0.05)).mean())
     mode = "train" if trainer.model.training else "eval"

@@ -138,3 +138,19 @@ def test_explained_variance_values():
     half = returns * 0.5  # Var(R − V) = Var(R/2) = Var(R)/4 → 0.75
     assert explained_variance(half, returns, mask).item() == pytest.approx(0.75, abs=1e-7)
     assert torch.isnan(explained_variance(returns, returns, torch.zeros(2, 4)))
+
+
+def test_explained_variance_is_nan_for_constant_returns():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    constant = torch.where(mask.bool(), 2.5, 99.0)  # constant over the scored tokens (not the padding)
+    values = torch.tensor([[0.1, -0.4, 2.0, 0.0], [1.0, 0.3, 0.0, 0.0]])
+    assert torch.isnan(explained_variance(values, constant, mask))  # not −Var(V)/1e-8 ≈ −7e7
+    assert torch.isnan(explained_variance(values, torch.zeros(2, 4), mask))
+    # R = A + V in float32 with A = r − V (γ = λ = 1): equal up to round-off (a few ulps of 1), still undefined
+    rounded = torch.tensor([[1.0, 1.0000001, 0.9999999, 0.0], [1.0, 1.0000002, 0.0, 0.0]])
+    assert 0 < float(rounded[mask.bool()].double().var()) < 1e-13
+    assert torch.isnan(explained_variance(values, rounded, mask))
+    # a small but real spread of the returns is defined: 1 − Var(R − V)/Var(R) with V = mean(R) → 0
+    small = constant + torch.tensor([[1e-3, -1e-3, 0.0, 0.0], [2e-3, 0.0, 0.0, 0.0]])
+    assert explained_variance(torch.full((2, 4), float(small[mask.bool()].mean())), small, mask).item() == \
+        pytest.approx(0.0, abs=1e-4)

@@ -133,7 +133,8 @@ def _eval_trainer(model_dir, output_dir, **overrides):
 
 
 EVAL_CONFIGS = (
-    [pytest.param({"advantage_estimator": name}, id=f"estimator-{name}") for name in list_advantage_estimators()]
+    [pytest.param({"advantage_estimator": name, **({"value_function": {"kind": "head"}} if name == "gae" else {})},
+                  id=f"estimator-{name}") for name in list_advantage_estimators()]
     + [pytest.param({"regularizers": [{"name": name, "coef": 0.1, **({"target": 4} if name == "length" else {})}]},
                     id=f"regularizer-{name}") for name in list_regularizers()]
     + [pytest.param({"regularizers": [{"name": "kl", "coef": 0.1, "placement": "reward"}]}, id="regularizer-kl-reward")]

@@ -68,10 +68,14 @@ def test_fork_logs_advantage_metrics_every_step(stock_and_fork):
 @pytest.mark.parametrize("estimator", grpo_custom.list_advantage_estimators())
 def test_every_registered_estimator_trains_lora_and_keeps_base_frozen(estimator, tiny_model_dir, tmp_path):
     options = {"gamma": 0.9} if estimator == "reinforce_pp" else None
-    if estimator == "gae":  # needs a value function (issue 22): without one the first step names the option
-        with pytest.raises(ValueError, match=r"'gae' needs inputs.values.*value_function="):
+    if estimator == "gae":  # needs a value function (issue 22): without one the config names both options
+        with pytest.raises(ValueError, match=r"advantage_estimator='gae' needs a learned value function: set "
+                                             r"value_function"):
             _train(grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, tiny_model_dir, tmp_path,
                    advantage_estimator=estimator, check_rewards="off")
+        with pytest.raises(ValueError, match=r"advantage_estimator='gae' needs a learned value function"):
+            grpo_custom.GRPOConfig(output_dir=str(tmp_path), advantage_estimator=grpo_custom.get_advantage_estimator(
+                "gae"))  # the registered function itself, not only its name
         return
     trainer, model, before = _train(grpo_custom.GRPOTrainer, grpo_custom.GRPOConfig, tiny_model_dir, tmp_path,
                                     advantage_estimator=estimator, advantage_estimator_kwargs=options,

@@ -55,6 +55,7 @@ def main(out: str, model_dir: str, per_device: int, kind: str) -> None:
     record = {
         "value_log": [{k: v for k, v in entry.items() if k.startswith("value/")} for entry in trainer.state.log_history],
         "head": {k: v.flatten().tolist() for k, v in trainer.grpo_custom.critic.head.state_dict().items()},
+        "critic_adapter": {k: v.detach().flatten().tolist() for k, v in trainer.grpo_custom.critic.adapter_params.items()},
         "lora": {n: p.detach().flatten().tolist() for n, p in model.named_parameters() if p.requires_grad},
         "head_updates": trainer.grpo_custom.critic.optimizer.updates,
     }

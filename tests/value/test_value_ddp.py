@@ -23,7 +23,7 @@ WORKER = Path(__file__).with_name("ddp_value_run.py")
 
 @pytest.mark.skipif(not torch.distributed.is_available() or shutil.which("torchrun") is None and
                     not (Path(sys.executable).parent / "torchrun").exists(), reason="needs torch.distributed")
-@pytest.mark.parametrize("kind", ["shared_head"])
+@pytest.mark.parametrize("kind", ["shared_head", "adapter"])
 def test_two_processes_hold_the_same_head_as_one(tiny_model_dir, tmp_path, kind):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
@@ -41,5 +41,8 @@ def test_two_processes_hold_the_same_head_as_one(tiny_model_dir, tmp_path, kind)
     assert rank0 == rank1  # bitwise: the same head, LoRA and logged value metrics on every rank
     assert _mismatches(rank0, single) == []
     assert rank0["head_updates"] == 2 and any(abs(w) > 0 for w in rank0["head"]["linear.weight"])
+    # the adapter kind's own LoRA (8 tensors: A and B of q_proj, v_proj in 2 layers) trained the same everywhere
+    assert len(rank0["critic_adapter"]) == (8 if kind == "adapter" else 0)
+    assert all(any(abs(w) > 0 for w in values) for values in rank0["critic_adapter"].values())
     logged = [entry for entry in rank0["value_log"] if "value/loss" in entry]
     assert len(logged) == 2 and {"value/explained_variance", "value/policy_lam", "value/clipfrac"} <= set(logged[0])

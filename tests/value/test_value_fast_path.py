@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.helpers import run_side_scenario
+from tests.value.value_fast_path_scenarios import SAME
 
 pytestmark = [pytest.mark.unsloth,
               pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="Unsloth is not installed")]
@@ -40,10 +41,11 @@ def _close(got, want, rel=REL_TOL, atol=1e-6):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("kind", ["head", "shared_head"])
-def test_every_head_kind_under_unsloth_equals_trls_path(tmp_path_factory, layout, kind):
+@pytest.mark.parametrize("kind", ["head", "shared_head", "adapter"])
+def test_every_kind_under_unsloth_equals_trls_path(tmp_path_factory, layout, kind):
     """The first batch (same policy, same completions): the same rollout metrics, value loss and clip fraction, and
-    the same head after the first update; the second step logs the same metrics."""
+    the same head after the first update (for the adapter kind the head read the critic adapter's hidden states);
+    the second step logs the same metrics."""
     trl, unsloth = _layout("trl", tmp_path_factory)[kind], _layout(layout, tmp_path_factory)[kind]
     assert unsloth["trainer"].startswith("Unsloth") and not trl["trainer"].startswith("Unsloth")
     assert len(trl["values"]) == len(unsloth["values"]) == 2
@@ -54,11 +56,20 @@ def test_every_head_kind_under_unsloth_equals_trls_path(tmp_path_factory, layout
     for got, want in zip(unsloth["head_after_first_step"], trl["head_after_first_step"]):
         assert any(abs(w) > 1e-4 for w in want)  # the head trained (it starts at 0)
         assert _close(got, want), (layout, kind)
+    # the critic adapter: drawn from the run's seed alike; its LoRA B is still 0 after the first update (the head
+    # started at 0, so no gradient reached the adapter yet)
+    adapters = unsloth["adapter_after_first_step"], trl["adapter_after_first_step"]
+    assert len(adapters[0]) == len(adapters[1]) == (8 if kind == "adapter" else 0)
+    for got, want in zip(*adapters):
+        assert _close(got, want), (layout, kind)
 
 
 @pytest.mark.parametrize("layout", [pytest.param("trl"), *LAYOUTS])
 def test_the_head_reads_the_loss_forward_no_second_forward_of_the_policy(tmp_path_factory, layout):
     run = _layout(layout, tmp_path_factory)
-    counts = {kind: run[kind]["grad_forwards_per_step"] for kind in ("no_critic", "head", "shared_head")}
+    counts = {kind: run[kind]["grad_forwards_per_step"] for kind in ("no_critic", "head", "shared_head", "adapter")}
     assert counts["head"] == counts["shared_head"] == counts["no_critic"], counts
     assert all(count >= 1 for count in counts["no_critic"])
+    # the adapter kind's critic is a model of its own: one more forward per loss call (2 accumulated micro-batches)
+    accumulation = SAME["gradient_accumulation_steps"]
+    assert counts["adapter"] == [count + accumulation for count in counts["no_critic"]], counts

@@ -22,6 +22,7 @@ CONFIGS = {
     "no_critic": {"advantage_estimator": "rloo"},
     "head": {**GAE, "value_function": {"kind": "head", "lr": 0.05, "layers": [-1, 1]}},
     "shared_head": {**GAE, "value_function": {"kind": "shared_head", "lr": 0.05, "coef": 0.5}},
+    "adapter": {**GAE, "value_function": {"kind": "adapter", "lr": 0.05, "adapter_lr": 0.01, "layers": [-1, 1]}},
 }
 VALUE_KEYS = ("value/loss", "value/clipfrac", "value/explained_variance", "value/mean", "value/returns_mean")
 
@@ -64,6 +65,7 @@ def run(side: str) -> dict:
                     critic = trainer.grpo_custom.critic
                     if state.global_step == 1 and critic is not None:
                         first_step["head"] = [v.flatten().tolist() for v in critic.head.state_dict().values()]
+                        first_step["adapter"] = [p.detach().flatten().tolist() for p in critic.adapter_params.values()]
 
             args = grpo_custom.GRPOConfig(**cpu_training_kwargs(os.path.join(work, name), **SAME, **overrides))
             trainer = grpo_custom.GRPOTrainer(model=model, reward_funcs=[letter_fraction_reward], args=args,
@@ -77,6 +79,7 @@ def run(side: str) -> dict:
                 "trainer": type(trainer).__name__,
                 "values": [{k: e[k] for k in VALUE_KEYS if k in e} for e in trainer.state.log_history if "loss" in e],
                 "head_after_first_step": first_step.get("head"),
+                "adapter_after_first_step": first_step.get("adapter"),
                 "grad_forwards_per_step": forwards,
             }
     return results

@@ -11,12 +11,12 @@ output inside a completion) is skipped: it neither adds a TD error nor decays th
 the next value and the running advantage carry across it; its own advantage is the running one.
 Past the last scored token V_next = 0 and A_next = 0.
 
-The recurrence is the reverse affine scan G_t = c_t + d_t·G_{t+1} with c_t = m_t·δ_t and
-d_t = γλ where m_t = 1, d_t = 1 where m_t = 0. :func:`reverse_affine_scan` runs it in chunks:
-reverse passes inside every chunk at once (C ≈ √T steps over [N·T/C] slices) and one carrying
-each chunk's incoming value to the chunk before it (T/C steps over [N]). Only products of decays
-are formed, never divided by, so γλ < 1 over long completions cannot overflow, and a decay of 0
-(λ = 0, or an adaptive λ clamped at 0) resets the sum exactly.
+How it runs (no Python loop over T). Skipping a token with mask 0 is the same as deleting it, so
+each row's scored tokens are packed to the left (:func:`~.scan.pack_scored`; nothing to do when they
+already lead every row, the GRPO layout), where GAE is A_k = Σ_{j≥k} (γλ)^{j−k}·δ_j with
+δ_k = r_k + γ·V_{k+1} − V_k (:func:`~.scan.discounted_reverse_sum`: a matrix product per chunk of
+64 tokens and a scan over the chunks), and each token reads back the packed advantage of the first
+scored token at or after it. On CPU the call runs on one intra-op thread (:mod:`.scan` says why).
 """
 from __future__ import annotations
 
@@ -26,83 +26,16 @@ from collections.abc import Callable
 
 import torch
 
+from grpo_custom.algorithms.estimators.scan import (
+    discounted_reverse_sum,
+    one_intra_op_thread,
+    pack_scored,
+    reverse_affine_scan,
+)
+
 __all__ = ["adaptive_lambda", "compute_gae", "reverse_affine_scan", "whiten_scored_tokens", "torch_distributed_sum"]
 
 WHITEN_EPSILON = 1e-8  # added to the variance inside the rsqrt, as verl's masked_whiten
-
-
-def _chunk_size(length: int) -> int:
-    """C ≈ √T rounded up to a multiple of 8 (both passes then take about √T Python steps)."""
-    return max(8, int(math.ceil(math.sqrt(max(length, 1)) / 8.0)) * 8)
-
-
-def reverse_affine_scan(contributions: torch.Tensor, decays: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-    """G_t = c_t + d_t·G_{t+1} along the last dimension, with G_T = 0, without a Python loop over T.
-
-    Chunked, in three passes over chunks of C tokens laid out position-major ([C, N·K], K = T/C
-    chunks): (1) a reverse pass over the C positions of every chunk at once keeps two [N·K] vectors,
-    each chunk's sum with start value 0 and its product of decays; (2) a reverse pass over the K
-    chunks turns them into the value G at every chunk's end; (3) a second reverse pass over the C
-    positions writes G_t = c_t + d_t·G_{t+1} starting from those values. The result equals the
-    sequential loop's except that a chunk's incoming value goes through one product of its decays;
-    products only shrink (no division), so long sequences with γλ < 1 cannot overflow, and d = 0 resets.
-
-    Args:
-        contributions: [N, T] c_t.
-        decays: [N, T] d_t (same dtype and device), any real values (0 resets, 1 carries).
-        chunk_size: C; default ≈ √T (rounded up to a multiple of 8).
-
-    Returns:
-        [N, T] G, dtype of ``contributions``.
-    """
-    rows, length = contributions.shape
-    if length == 0:
-        return contributions.clone()
-    size = chunk_size or _chunk_size(length)
-    chunks = -(-length // size)
-    padded = chunks * size
-    if padded != length:  # pad on the right with c = 0, d = 1 (G past the end stays 0)
-        contributions = torch.nn.functional.pad(contributions, (0, padded - length), value=0.0)
-        decays = torch.nn.functional.pad(decays, (0, padded - length), value=1.0)
-    # [C, N·K] position-major so that every step reads one contiguous row
-    c = contributions.reshape(rows, chunks, size).permute(2, 0, 1).reshape(size, rows * chunks)
-    d = decays.reshape(rows, chunks, size).permute(2, 0, 1).reshape(size, rows * chunks)
-    local = c[size - 1].clone()  # [N·K] chunk sums with start value 0
-    product = d[size - 1].clone()  # [N·K] Π of the chunk's decays
-    for position in range(size - 2, -1, -1):
-        torch.addcmul(c[position], d[position], local, out=local)
-        product.mul_(d[position])
-    local = local.view(rows, chunks).t().contiguous()  # [K, N]
-    product = product.view(rows, chunks).t().contiguous()  # [K, N]
-    ends = torch.zeros(chunks + 1, rows, dtype=c.dtype, device=c.device)  # [K+1, N] G after each chunk
-    for chunk in range(chunks - 1, 0, -1):
-        torch.addcmul(local[chunk], product[chunk], ends[chunk + 1], out=ends[chunk])
-    result = torch.empty_like(c)  # [C, N·K]
-    incoming = ends[1:].t().reshape(rows * chunks)  # [N·K] G at the position after each chunk
-    torch.addcmul(c[size - 1], d[size - 1], incoming, out=result[size - 1])
-    for position in range(size - 2, -1, -1):
-        torch.addcmul(c[position], d[position], result[position + 1], out=result[position])
-    return result.view(size, rows, chunks).permute(1, 2, 0).reshape(rows, padded)[:, :length]
-
-
-def _next_scored_values(values: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-    """V_next(t) for every scored t: the value of the first scored token after t, 0 if none ([N, T] -> [N, T]).
-
-    Entries at unscored t are not used by GAE. When every row's scored tokens are contiguous (no
-    hole inside the completion) V_next(t) = m_{t+1}·V_{t+1}; otherwise the values are listed by the
-    rank of their scored token and read back at rank + 1 (a scatter and a gather; exact).
-    """
-    next_values = torch.zeros_like(values)  # [N, T]
-    rises = (scored[:, 1:] & ~scored[:, :-1]).sum(dim=1) + scored[:, 0]  # [N] starts of scored runs
-    if bool((rises <= 1).all()):
-        target = next_values[:, :-1]
-        torch.where(scored[:, 1:], values[:, 1:], target, out=target)  # m_{t+1}·V_{t+1}
-        return next_values
-    rows, length = values.shape
-    ranks = scored.cumsum(dim=1)  # [N, T] for a scored token: 1 + the number of scored tokens before it
-    by_rank = torch.zeros(rows, length + 2, dtype=values.dtype, device=values.device)  # [N, T+2] V of the k-th scored
-    by_rank.scatter_(1, torch.where(scored, ranks - 1, length + 1), values)  # unscored tokens land in column T+1
-    return by_rank.gather(1, ranks)  # the scored token after t has rank ranks_t (0-based); none → a 0 column
 
 
 def torch_distributed_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -204,7 +137,9 @@ def compute_gae(
     read backwards; a token with mask 0 inside a completion is skipped (the next value and the
     running advantage carry across it and it takes the running advantage); R_t = A_t + V_t, before
     whitening. Equal to verl's ``compute_gae_advantage_return`` (which always whitens) to round-off.
-    Runs without gradients (advantages and returns are targets).
+    Runs without gradients (advantages and returns are targets). No Python loop over T (module
+    docstring); on CPU the call runs on one intra-op thread, torch's count restored after it.
+    A non-finite reward or value on a scored token makes its row's advantages non-finite.
 
     Args:
         token_rewards: [N, T] float reward on each token (an outcome reward on the last scored
@@ -239,16 +174,34 @@ def compute_gae(
     process_sum = _resolve_process_sum(process_sum)
     rows = token_rewards.shape[0]
     dtype, device = token_rewards.dtype, token_rewards.device
-    with torch.no_grad():
+    with torch.no_grad(), one_intra_op_thread(device) as workspace:
         values = values.detach().to(dtype=dtype, device=device)
         scored = scored.to(device)
         gammas = _decay_per_row("gamma", gamma, rows, dtype, device)  # [N, 1]
         lams = _decay_per_row("lam", lam, rows, dtype, device)  # [N, 1]
-        next_values = _next_scored_values(values, scored)  # [N, T]
-        contributions = torch.addcmul(token_rewards.detach(), gammas, next_values).sub_(values)  # [N, T] δ_t
-        contributions.masked_fill_(~scored, 0.0)  # [N, T] m_t·δ_t (a NaN reward on a skipped token is dropped)
-        decays = torch.where(scored, gammas * lams, 1.0)  # [N, T] γλ on scored tokens, 1 elsewhere
-        advantages = reverse_affine_scan(contributions, decays)  # [N, T]
+        positions = pack_scored(scored, workspace)  # [N, T] packed position of each token, None if already packed
+        # r and V with the unscored tokens zeroed (a NaN reward or value there is dropped), then packed
+        shape, length, zero = tuple(values.shape), values.shape[1], values.new_zeros(())
+        deltas, packed_values = workspace.take("rewards", shape, dtype), workspace.take("values", shape, dtype)
+        if positions is None:
+            torch.where(scored, token_rewards.detach(), zero, out=deltas)  # [N, T]
+            torch.where(scored, values, zero, out=packed_values)  # [N, T]
+        else:  # scored tokens to their packed slots, the others to the last slot, emptied after: it is past the
+            # packed tokens of every row that has a token with mask 0 (the order of duplicate writes does not matter)
+            slots = torch.where(scored, positions, positions.new_tensor(length - 1),
+                                out=workspace.take("slots", shape, torch.int64))  # [N, T]
+            deltas.zero_().scatter_(1, slots, token_rewards.detach())  # [N, T] packed rewards
+            packed_values.zero_().scatter_(1, slots, values)  # [N, T] packed values
+            partial = (positions[:, -1] + scored[:, -1]) < length  # [N] rows with a token of mask 0
+            deltas[:, -1].masked_fill_(partial, 0.0)
+            packed_values[:, -1].masked_fill_(partial, 0.0)
+        # δ_k = r_k + γ·V_{k+1} − V_k over the packed tokens (V past the last one = 0)
+        deltas.sub_(packed_values)[:, :-1].addcmul_(gammas, packed_values[:, 1:])
+        if positions is None:
+            advantages = discounted_reverse_sum(deltas, gammas * lams, out=torch.empty_like(values))  # [N, T]
+        else:  # A_t = A at the first scored token at or after t (0 past the last)
+            packed = discounted_reverse_sum(deltas, gammas * lams, out=workspace.take("sums", shape, dtype))  # packed A
+            advantages = torch.gather(packed, 1, positions)
         returns = advantages + values  # [N, T]
         if whiten:
             advantages = whiten_scored_tokens(advantages, scored, process_sum)

@@ -39,6 +39,7 @@ def compute_advantages(
     prompt_ids: torch.Tensor | None = None,
     generated_lengths: torch.Tensor | None = None,
     trl_advantages: torch.Tensor | None = None,
+    tool_mask: torch.Tensor | None = None,
     old_per_token_logps: torch.Tensor | None,
     policy_per_token_logps: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
@@ -51,7 +52,10 @@ def compute_advantages(
     Completion lengths (opo, the length regularizer, ``length_corr``, task metrics) are ``generated_lengths``
     ([B], this process; :func:`grpo_custom.fork.hooks.lengths.generated_lengths`), not the loss mask. With
     ``num_generations == 1`` (evaluation with ``num_generations_eval=1``) every advantage is 0: a group of
-    one has no baseline, TRL's value; penalties, normalization and metrics still run.
+    one has no baseline, TRL's value; penalties, normalization and metrics still run. ``tool_mask`` ([B, T], this
+    process; TRL's, 0 on a tool's or environment's output inside a completion): the estimator, the critic's returns
+    and the advantage metrics see ``completion_mask * tool_mask`` (gathered), so GAE skips those tokens as the loss
+    does.
     """
     extras = trainer.grpo_custom
     device = rewards_per_func.device
@@ -61,6 +65,8 @@ def compute_advantages(
     rewards[unscorable] = torch.nan
 
     full_mask = _gathered_completion_mask(trainer, completion_mask).to(device)  # [N, T]
+    scored_mask = full_mask if tool_mask is None else _gathered_completion_mask(  # [N, T] without tool output
+        trainer, completion_mask * tool_mask.to(completion_mask.device)).to(device)
     if generated_lengths is None:
         generated_lengths = completion_mask.sum(dim=1)
     generated_lengths = generated_lengths.to(completion_mask.device)
@@ -86,7 +92,7 @@ def compute_advantages(
         trainer, rewards=rewards, rewards_per_func=rewards_per_func, weights=weights,
         completion_mask=completion_mask, full_mask=full_mask)
     estimator_inputs = AdvantageInputs(
-        rewards=rewards, num_generations=num_generations, completion_lengths=lengths, completion_mask=full_mask,
+        rewards=rewards, num_generations=num_generations, completion_lengths=lengths, completion_mask=scored_mask,
         rewards_per_func=rewards_per_func, reward_weights=weights,
         token_rewards=token_rewards, token_reward_functions=token_reward_functions,  # [N, T] or None (issue 22)
         values=gathered_values(trainer, full_mask),  # [N, T] the critic's V_old (value_function), else None
@@ -97,20 +103,21 @@ def compute_advantages(
           and extras.task_normalizer is None and token_rewards is None):
         result = trl_advantages  # TRL just computed exactly this estimator inline (bitwise: tests/algorithms/test_estimators.py)
     elif hasattr(extras.estimator, "components_at"):  # a mix of estimators (logs each component)
-        result = mixed_advantages(trainer, extras.estimator, estimator_inputs, None, {}, full_mask,
+        result = mixed_advantages(trainer, extras.estimator, estimator_inputs, None, {}, scored_mask,
                                   lambda values, mask, prefix: _log_advantage_metrics(trainer, mode, values, mask, prefix))
     else:
         result = call_estimator(extras.estimator, estimator_inputs, extras.estimator_options)
     if estimator_inputs.values is not None:  # the critic's targets with its own λ, and value/* metrics
-        record_returns(trainer, estimator_inputs.outcome_token_rewards(), estimator_inputs.values, full_mask, lengths,
-                       extras.estimator_options)
-    _log_advantage_metrics(trainer, mode, result, full_mask)
+        record_returns(trainer, estimator_inputs.outcome_token_rewards(), estimator_inputs.values, scored_mask,
+                       lengths, extras.estimator_options)
+    _log_advantage_metrics(trainer, mode, result, scored_mask)
     _log_reward_health(trainer, mode, rewards_per_func, num_generations, lengths)
     record_reward_distribution(trainer, mode, rewards_per_func)
     if tasks is not None:
         from grpo_custom.rewards.tasks import task_metrics
 
-        per_sequence = result if result.dim() == 1 else (result * full_mask).sum(1) / full_mask.sum(1).clamp(min=1)
+        per_sequence = (result if result.dim() == 1
+                        else (result * scored_mask).sum(1) / scored_mask.sum(1).clamp(min=1))
         metrics = task_metrics(tasks, rewards_before_normalization, per_sequence, num_generations, lengths)
         for name, value in metrics.items():
             _log(trainer, mode, name, value)
