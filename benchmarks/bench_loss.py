@@ -330,7 +330,8 @@ def build_variants(module, policy_losses: list[str] | None = None) -> dict[str, 
 def value_variants(fast_loss, chunked_logps) -> dict[str, Callable[[LossProblem], object]]:
     """``value head (<kind>)``: the base loss plus what a trainer with ``value_function={"kind": kind}`` adds to it
     (grpo_custom.value.loss_term): the value head on the same last hidden states h (detached for ``head``), the
-    clipped value loss (dapo aggregation), as ``L_V − sg(L_V)`` (``head``) or ``coef · L_V`` (``shared_head``)."""
+    clipped value loss (dapo aggregation), as ``L_V − sg(L_V)`` (``head``) or, for ``shared_head``, the value
+    ``coef · L_V`` with the gradient reaching h scaled by coef and the head's unscaled."""
     import torch
 
     from grpo_custom.algorithms.value_loss import value_loss
@@ -353,11 +354,13 @@ def value_variants(fast_loss, chunked_logps) -> dict[str, Callable[[LossProblem]
     def variant(kind):
         def loss(problem):
             head, returns, old_values = targets(problem)
-            features = problem.hidden.detach() if kind == "head" else problem.hidden
+            hidden = problem.hidden
+            # head: detached; shared_head: the gradient reaching h scaled by coef (the head's own is not)
+            features = hidden.detach() if kind == "head" else hidden.detach() + VALUE_COEF * (hidden - hidden.detach())
             values = head([features])  # [B, T] float32 (no time feature: it adds one input)
             term, _ = value_loss(values, returns, old_values, problem.mask, cliprange_value=0.5, loss_type="dapo",
                                  num_items_in_batch=problem.loss_kwargs["num_items_in_batch"])
-            term = term - term.detach() if kind == "head" else VALUE_COEF * term
+            term = term - term.detach() if kind == "head" else term - (1.0 - VALUE_COEF) * term.detach()
             return fast_loss(problem, chunked_logps(problem), []) + term
 
         return loss

@@ -34,6 +34,12 @@ GRPO_TRAINER_EDITS = (
         anchor="        # Reference model\n        self.beta = args.beta\n",
         text="        grpo_custom_hooks.attach_curriculum(self, args)\n",
     ),
+    SourceEdit.insert_after(
+        name="value_function_check",
+        reason="once Trainer.__init__ has run: what value_function needs of the model, before any generation",
+        anchor="        # Reference model\n        self.beta = args.beta\n",
+        text="        grpo_custom_hooks.check_value_function(self)\n",
+    ),
     SourceEdit(
         name="reference_model_gate",
         reason="a KL regularizer needs the reference model even when TRL's beta is 0",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,14 +176,22 @@ class GRPOConfig(_TRLGRPOConfig):
         from grpo_custom.value.config import parse_value_function
 
         self.value_function_config = parse_value_function(self.value_function)
-        is_gae = self.advantage_estimator == "gae" or self.advantage_estimator is ADVANTAGE_ESTIMATORS.get("gae")
+        gae = ADVANTAGE_ESTIMATORS.get("gae")
+        estimator = self.advantage_estimator
+        components = list(estimator) if isinstance(estimator, dict) else [estimator]  # a mix: its components
+        is_gae = any(key == "gae" or key is gae for key in components)
+        where = "advantage_estimator='gae'" if not isinstance(estimator, dict) else "the estimator mix's 'gae'"
         if self.value_function_config is not None and not is_gae:
             raise ValueError(f"value_function is set but advantage_estimator={self.advantage_estimator!r}: the critic's "
-                             "values are used by advantage_estimator='gae' (GAE(γ, λ) advantages).")
+                             "values are used by advantage_estimator='gae' (GAE(γ, λ) advantages), alone or in a mix.")
         if self.value_function_config is None and is_gae:
-            raise ValueError("advantage_estimator='gae' needs a learned value function: set value_function (e.g. "
+            raise ValueError(f"{where} needs a learned value function: set value_function (e.g. "
                              "value_function={'kind': 'head'}, docs/value_function.md), or choose another "
                              "advantage_estimator.")
+        config = self.value_function_config
+        if config is not None and isinstance(self.max_steps, int) and 0 < self.max_steps <= config.warmup_steps:
+            warnings.warn(f"value_function['warmup_steps']={config.warmup_steps} >= max_steps={self.max_steps}: every "
+                          "step trains only the critic, the policy never changes.", UserWarning, stacklevel=3)
 
     def to_dict(self) -> dict:
         """TRL's ``to_dict`` with grpo-custom's objects (callables, schedules) as readable strings."""

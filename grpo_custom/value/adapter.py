@@ -34,22 +34,13 @@ def add_critic_adapter(model: nn.Module, seed: int) -> dict[str, nn.Parameter]:
     random streams are not consumed. Every parameter keeps its ``requires_grad`` (the new ones: False).
 
     Raises:
-        ValueError: ``model`` is not a PEFT LoRA model (naming its type), or its active adapter is not LoRA.
+        ValueError: as :func:`check_lora_policy`.
     """
-    peft_model = peft_model_of(model)
-    if peft_model is None:
-        raise ValueError(f"value_function['kind']='adapter' adds a critic LoRA adapter beside the policy's, but the "
-                         f"policy is a {type(getattr(model, 'module', model)).__name__}, not a PEFT model: wrap it "
-                         "with peft.get_peft_model (or Unsloth's FastLanguageModel.get_peft_model), or choose "
-                         "kind 'head' / 'shared_head'.")
+    peft_model = check_lora_policy(model)
     if CRITIC_ADAPTER in peft_model.peft_config:
         return critic_named_parameters(peft_model)
     active = peft_model.active_adapter
-    policy_config = peft_model.peft_config[active]
-    if getattr(policy_config, "peft_type", None) is None or str(policy_config.peft_type.value) != "LORA":
-        raise ValueError(f"value_function['kind']='adapter' copies the policy's LoRA settings, but its adapter "
-                         f"{active!r} is {getattr(policy_config, 'peft_type', None)}, not LoRA.")
-    config = copy.deepcopy(policy_config)
+    config = copy.deepcopy(peft_model.peft_config[active])
     config.inference_mode = False
     flags = {name: p.requires_grad for name, p in peft_model.named_parameters()}
     with torch.random.fork_rng(devices=[]):
@@ -60,6 +51,27 @@ def add_critic_adapter(model: nn.Module, seed: int) -> dict[str, nn.Parameter]:
         param.requires_grad_(flags.get(name, False))
     _save_without_critic(peft_model)
     return critic_named_parameters(peft_model)  # PEFT puts them on their base layer's device, in the adapters' dtype
+
+
+def check_lora_policy(model: nn.Module):
+    """The PEFT model the critic adapter goes into (``model``, or under its DDP wrapper).
+
+    Raises:
+        ValueError: ``model`` is not a PEFT model (naming its type and the ways to make it one), or its active
+            adapter is not LoRA (naming it and its type).
+    """
+    peft_model = peft_model_of(model)
+    if peft_model is None:
+        raise ValueError(f"value_function['kind']='adapter' adds a critic LoRA adapter beside the policy's, but the "
+                         f"policy is a {type(getattr(model, 'module', model)).__name__}, not a PEFT model: pass "
+                         "peft_config=LoraConfig(...) to the trainer, wrap the model with peft.get_peft_model (or "
+                         "Unsloth's FastLanguageModel.get_peft_model), or choose kind 'head' / 'shared_head'.")
+    active = peft_model.active_adapter
+    policy_config = peft_model.peft_config[active]
+    if getattr(policy_config, "peft_type", None) is None or str(policy_config.peft_type.value) != "LORA":
+        raise ValueError(f"value_function['kind']='adapter' copies the policy's LoRA settings, but its adapter "
+                         f"{active!r} is {getattr(policy_config, 'peft_type', None)}, not LoRA.")
+    return peft_model
 
 
 def _save_without_critic(peft_model) -> None:

@@ -28,7 +28,9 @@ class ValueFunctionConfig:
             each layer-normed and concatenated.
         lr: the head's learning rate (its own AdamW, betas (0.9, 0.999), no weight decay).
         adapter_lr: the critic adapter's learning rate (``adapter`` only; None: ``lr``), in the same AdamW.
-        coef: the value loss's weight in the policy loss (``shared_head`` only; it scales nothing else).
+        coef: the value loss's weight in the policy's gradient (``shared_head`` only, default 0.1; another kind
+            refuses it): the policy's weights get coef·∇L_V, the head its own ∇L_V (its optimizer, learning rate
+            and gradient clipping do not depend on ``coef``).
         cliprange_value: c of the clipped value loss 0.5·max((V−R)², (V_old + clip(V−V_old, ±c) − R)²).
         lam: the critic's λ: the returns R = GAE_λ + V_old it fits (VC-PPO: 1.0). The policy's λ and the
             discount γ (shared by both) are the ``gae`` estimator's options
@@ -44,7 +46,7 @@ class ValueFunctionConfig:
     layers: tuple = (-1,)
     lr: float = 1e-3
     adapter_lr: float | None = None
-    coef: float = 0.1
+    coef: float | None = None
     cliprange_value: float = 0.5
     lam: float = 1.0
     warmup_steps: int = 0
@@ -69,7 +71,12 @@ class ValueFunctionConfig:
             if self.kind != "adapter":
                 raise ValueError(f"value_function['adapter_lr'] is the critic adapter's learning rate, but kind="
                                  f"{self.kind!r} has no adapter; drop it or set kind='adapter'.")
-        _finite_number("coef", self.coef, low=0.0)
+        if self.coef is not None and self.kind != "shared_head":
+            raise ValueError(f"value_function['coef'] weighs the value loss in the policy's gradient, which only kind="
+                             f"'shared_head' has (kind={self.kind!r}); drop it or set kind='shared_head'.")
+        if self.kind == "shared_head":
+            object.__setattr__(self, "coef", 0.1 if self.coef is None else self.coef)
+            _finite_number("coef", self.coef, low=0.0)
         _positive("cliprange_value", self.cliprange_value)
         _finite_number("lam", self.lam, low=0.0, high=1.0)
         if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:

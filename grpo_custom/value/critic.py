@@ -67,10 +67,14 @@ class Critic:
         return self.capture.layers
 
     def values(self, calls: list[dict], row_lengths: torch.Tensor, prompt_lengths: torch.Tensor,
-               completion_width: int, max_length: int) -> torch.Tensor:
+               completion_width: int, max_length: int, feature_grad_scale: float = 1.0) -> torch.Tensor:
         """V of the state before each completion token, [B, T] float32 (0 where no such state); ``max_length``:
-        the completion length limit (the time feature is t / max_length)."""
+        the completion length limit (the time feature is t / max_length). ``feature_grad_scale``: the gradient
+        that reaches the hidden states is multiplied by it (their values are unchanged; the head's own gradient
+        is not): ``shared_head``'s coef."""
         features, valid = completion_features(calls, self.layers, row_lengths, prompt_lengths, completion_width)
+        if feature_grad_scale != 1.0:
+            features = [f.detach() + feature_grad_scale * (f - f.detach()) for f in features]
         time = None
         if self.config.time_feature:
             time = torch.arange(completion_width, device=valid.device, dtype=torch.float32) / max(max_length, 1)

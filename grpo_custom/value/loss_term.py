@@ -7,7 +7,8 @@ Both loss paths call the same two functions around the policy's forward: :func:`
 
 - kind ``head``: ``L_V − stop_gradient(L_V)``: the value is 0 (the logged loss stays the policy's) and the
   gradient reaches only the head (its hidden states were captured detached);
-- kind ``shared_head``: ``coef · L_V``, whose gradient also reaches the policy's trainable weights;
+- kind ``shared_head``: its value is ``coef · L_V``; the policy's trainable weights get coef·∇L_V through the
+  hidden states, the head its own ∇L_V (so its clipping and learning rate do not depend on ``coef``);
 - kind ``adapter``: 0; the critic's forward (the critic adapter active) and backward run before the policy's
   forward, inside :func:`begin_value_capture`.
 
@@ -53,11 +54,12 @@ def value_function_loss(trainer, inputs: dict) -> torch.Tensor | float:
     completion_mask = inputs["completion_mask"]
     row_lengths, prompt_lengths = forward_lengths(trainer, inputs["prompt_ids"], inputs["prompt_mask"],
                                                   inputs["completion_ids"], completion_mask)
-    vpreds = critic.values(calls, row_lengths, prompt_lengths, completion_mask.shape[1],
-                           trainer.max_completion_length)  # [B, T]
+    shared = critic.config.kind == "shared_head"
+    vpreds = critic.values(calls, row_lengths, prompt_lengths, completion_mask.shape[1], trainer.max_completion_length,
+                           feature_grad_scale=critic.config.coef if shared else 1.0)  # [B, T]
     loss = _clipped_value_loss(trainer, critic, vpreds, inputs)
-    if critic.config.kind == "shared_head":
-        return critic.config.coef * loss
+    if shared:  # value coef·L_V; gradient ∇L_V to the head, coef·∇L_V to the policy (through the hidden states)
+        return loss - (1.0 - critic.config.coef) * loss.detach()
     return loss - loss.detach()
 
 

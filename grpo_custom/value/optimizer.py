@@ -53,6 +53,10 @@ class CriticOptimizer:
         return {"optimizer": self.optimizer.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`: AdamW's moments and the update count. The learning rates stay this run's
+        (a resume allowed to change ``lr`` / ``adapter_lr`` continues with the new ones)."""
+        rates = [group["lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate
         self.updates = int(state["updates"])

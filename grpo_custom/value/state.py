@@ -59,7 +59,9 @@ def load_checkpoint(critic, folder: str) -> None:
 
 
 def load_head(path: str) -> dict:
-    """Read a ``value_head.pt`` (e.g. written by ``save_model``): ``{"config", "layers", "state_dict"}``."""
+    """Read a ``value_head.pt`` (e.g. written by ``save_model``): ``{"config": the value_function settings,
+    "layers": hidden-state indices, "state_dict": the head's weights, "adapter": the critic adapter's weights by
+    parameter name (empty for the head kinds)}``."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -181,18 +181,22 @@ def test_saved_folders_hold_the_policy_adapter_alone_and_the_critic_beside_it(tr
     assert len(policy) == 8 and all(torch.equal(reloaded[n], p.detach()) for n, p in policy.items())
 
 
-def test_the_adapter_kind_needs_a_peft_policy_and_adapter_lr_needs_the_adapter(tiny_model_dir, tmp_path):
+def test_model_dependent_settings_fail_when_the_trainer_is_built(tiny_model_dir, tmp_path):
+    """Before any generation: the adapter kind on a policy without LoRA, a hidden state the model lacks."""
     from grpo_custom.testing.tiny_model import load_tiny_model
 
     model, tokenizer = load_tiny_model(tiny_model_dir)
-    args = grpo_custom.GRPOConfig(**cpu_training_kwargs(str(tmp_path), max_steps=1, check_rewards="off",
-                                                        advantage_estimator="gae", value_function=ADAPTER))
-    trainer = grpo_custom.GRPOTrainer(model=model, reward_funcs=[letter_fraction_reward], args=args,
-                                      processing_class=tokenizer, train_dataset=length_dataset(16))
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=r"kind'\]='adapter'.*not a PEFT model.*get_peft_model"):
-        trainer.train()
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing trained
+
+    def build(value_function, policy=model):
+        args = grpo_custom.GRPOConfig(**cpu_training_kwargs(str(tmp_path), max_steps=1, check_rewards="off",
+                                                            advantage_estimator="gae", value_function=value_function))
+        return grpo_custom.GRPOTrainer(model=policy, reward_funcs=[letter_fraction_reward], args=args,
+                                       processing_class=tokenizer, train_dataset=length_dataset(16))
+
+    with pytest.raises(ValueError, match=r"kind'\]='adapter'.*not a PEFT model: pass peft_config=LoraConfig"):
+        build(ADAPTER)
+    with pytest.raises(ValueError, match=r"value_function\['layers'\] has 99, but the model has 2 decoder layers"):
+        build({"layers": [-1, 99]}, lora_model(tiny_model_dir)[0])
     with pytest.raises(ValueError, match=r"adapter_lr.*kind='head' has no adapter"):
         grpo_custom.GRPOConfig(**cpu_training_kwargs(str(tmp_path), advantage_estimator="gae",
                                                      value_function={"kind": "head", "adapter_lr": 0.1}))

@@ -4,6 +4,7 @@ Tiny model + LoRA on the length task's prompts, ``advantage_estimator="gae"`` wi
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -71,7 +72,8 @@ def _policy_grads(trainer, inputs, with_critic: bool) -> tuple[dict, float]:
 @pytest.mark.parametrize("kind", ["head", "shared_head"])
 def test_the_detached_head_leaves_the_policy_gradient_unchanged_the_shared_one_adds_to_it(tiny_model_dir, tmp_path,
                                                                                             kind):
-    trainer = _trainer(tiny_model_dir, tmp_path, {"kind": kind, "lr": 0.05, "coef": 0.5}, max_steps=1)
+    coef = {"coef": 0.5} if kind == "shared_head" else {}
+    trainer = _trainer(tiny_model_dir, tmp_path, {"kind": kind, "lr": 0.05, **coef}, max_steps=1)
     trainer.train()  # a trained head (non-zero values) and the trainer's accumulation state
     inputs = _generated_batch(trainer)
     assert inputs[OLD_VALUES_KEY].shape == inputs[RETURNS_KEY].shape == inputs["completion_mask"].shape
@@ -86,6 +88,20 @@ def test_the_detached_head_leaves_the_policy_gradient_unchanged_the_shared_one_a
         scale = max(float(g.abs().max()) for g in plain.values())
         # coef·L_V reaches the adapter: far above float32 round-off (~1e-7 relative), which the head kind shows is 0
         assert difference > 1e-5 * scale and critic_loss > plain_loss
+        # coef scales what reaches the policy (value and gradient), not the head's own gradient
+        head_grad = trainer.grpo_custom.critic.head.linear.weight.grad.clone()
+        config = trainer.args.value_function_config
+        trainer.args.value_function_config = dataclasses.replace(config, coef=0.25)
+        try:
+            trainer.grpo_custom.critic.config = trainer.args.value_function_config
+            half, half_loss = _policy_grads(trainer, inputs, with_critic=True)
+        finally:
+            trainer.args.value_function_config = trainer.grpo_custom.critic.config = config
+        torch.testing.assert_close(trainer.grpo_custom.critic.head.linear.weight.grad, head_grad)
+        assert half_loss - plain_loss == pytest.approx((critic_loss - plain_loss) / 2, rel=1e-4)
+        for name in plain:
+            torch.testing.assert_close(half[name] - plain[name], (with_critic[name] - plain[name]) / 2,
+                                       rtol=1e-3, atol=1e-6 * scale)
 
 
 def test_warmup_trains_the_critic_while_the_policy_stays_frozen(tiny_model_dir, tmp_path):
@@ -139,7 +155,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one(resumed_runs):
 def test_a_changed_value_setting_is_refused_by_name(resumed_runs, tiny_model_dir, tmp_path):
     _, _, full_dir = resumed_runs
     changed = _trainer(tiny_model_dir, tmp_path, {"lr": 0.01}, max_steps=3)
-    with pytest.raises(ValueError, match=r"value_function: \{'lr': 0.05\} in the checkpoint, \{'lr': 0.01\} now"):
+    with pytest.raises(ValueError, match=r"value_function\['lr'\]: 0.05 in the checkpoint, 0.01 now"):
         changed.train(resume_from_checkpoint=str(full_dir / "checkpoint-2"))
 
 
@@ -153,3 +169,25 @@ def test_save_model_writes_the_adapter_and_the_value_head_beside_it(resumed_runs
     assert saved["config"]["lr"] == 0.05 and saved["layers"] == [2]
     for key, value in _head(full).items():
         assert torch.equal(saved["state_dict"][key], value.cpu())
+
+
+def test_a_mix_with_gae_fits_the_critic_with_the_gae_components_options(tiny_model_dir, tmp_path):
+    """The critic's returns use the mix's gae options: with V ≡ 0 (the fresh head) and the critic's λ = 1,
+    R_t = γ^(L−1−t)·r of each completion (γ = 0.5 here, the mix's; the run-level default would be 1)."""
+    trainer = _trainer(tiny_model_dir, tmp_path, {"lr": 0.05}, max_steps=1,
+                       advantage_estimator={"gae": 0.5, "grpo": 0.5},
+                       advantage_estimator_kwargs={"gae": {"gamma": 0.5, "lam": 0.95}})
+    batch = _generated_batch(trainer)
+    returns, mask = batch[RETURNS_KEY], batch["completion_mask"].bool()
+    assert float(batch[OLD_VALUES_KEY].abs().max()) == 0.0
+    checked = 0
+    for row in range(returns.shape[0]):
+        length = int(mask[row].sum())
+        reward = float(returns[row, length - 1])
+        expected = torch.tensor([reward * 0.5 ** (length - 1 - t) for t in range(length)])
+        torch.testing.assert_close(returns[row, :length], expected, rtol=1e-6, atol=1e-7)
+        checked += reward != 0.0 and length > 1
+    assert checked > 0
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "value/loss" in entry]
+    assert len(logged) == 1 and "advantages/gae/weight" in logged[0]

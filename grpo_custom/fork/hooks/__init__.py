@@ -32,6 +32,7 @@ from .rewards import before_reward_functions, schedule_context
 from .value import (
     add_value_outputs,
     begin_value_capture,
+    check_value_function,
     load_value_state,
     rollout_values,
     save_value_state,
@@ -58,6 +59,7 @@ __all__ = [
     "schedule_context",
     "task_balanced_sampler",
     "add_value_outputs",
+    "check_value_function",
     "begin_value_capture",
     "load_value_state",
     "rollout_values",

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from grpo_custom.algorithms.estimators import AdvantageInputs, call_estimator
+from grpo_custom.algorithms.estimators import ADVANTAGE_ESTIMATORS, AdvantageInputs, call_estimator
 from grpo_custom.algorithms.regularizers import RegularizerInputs
 from grpo_custom.fork.hooks.metrics import (
     _log,
@@ -18,6 +18,15 @@ from grpo_custom.fork.hooks.policy import mixed_advantages
 from grpo_custom.fork.hooks.token_rewards import gathered_token_rewards
 from grpo_custom.fork.hooks.value import gathered_values, record_returns
 from grpo_custom.fork.hooks.reward_stats import record_reward_distribution
+
+
+def _gae_options(extras) -> dict:
+    """The ``gae`` estimator's options (γ, the policy's λ): the run's, or those of a mix's ``gae`` component."""
+    gae = ADVANTAGE_ESTIMATORS.get("gae")
+    for component in getattr(extras.estimator, "components", ()):
+        if component.function is gae:
+            return component.options
+    return extras.estimator_options
 
 
 def _gathered_completion_mask(trainer, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -109,7 +118,7 @@ def compute_advantages(
         result = call_estimator(extras.estimator, estimator_inputs, extras.estimator_options)
     if estimator_inputs.values is not None:  # the critic's targets with its own λ, and value/* metrics
         record_returns(trainer, estimator_inputs.outcome_token_rewards(), estimator_inputs.values, scored_mask,
-                       lengths, extras.estimator_options)
+                       lengths, _gae_options(extras))
     _log_advantage_metrics(trainer, mode, result, scored_mask)
     _log_reward_health(trainer, mode, rewards_per_func, num_generations, lengths)
     record_reward_distribution(trainer, mode, rewards_per_func)

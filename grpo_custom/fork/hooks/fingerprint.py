@@ -19,10 +19,14 @@ FINGERPRINT_FIELDS = (
 
 def algorithm_fingerprint(trainer) -> dict:
     """:data:`FINGERPRINT_FIELDS` of ``trainer.args`` as plain JSON values (absent fields None, callables by name,
-    other objects by ``repr`` without memory addresses) and the reward function names (``reward_funcs``)."""
+    other objects by ``repr`` without memory addresses) and the reward function names (``reward_funcs``).
+    ``value_function`` is its validated form with every field (``ValueFunctionConfig.to_dict``), so equal
+    settings written differently (a dict, the defaults spelt out, a ``ValueFunctionConfig``) compare equal."""
     from grpo_custom.fork.config import _plain
 
     fingerprint = {name: _plain(getattr(trainer.args, name, None)) for name in FINGERPRINT_FIELDS}
+    value_config = getattr(trainer.args, "value_function_config", None)  # what it means, not how it was written
+    fingerprint["value_function"] = value_config.to_dict() if value_config is not None else None
     fingerprint["reward_funcs"] = list(trainer.reward_func_names)
     text = re.sub(r" at 0x[0-9a-fA-F]+", "", json.dumps(fingerprint, default=repr))
     return json.loads(text)
@@ -39,8 +43,8 @@ def check_fingerprint(trainer, saved: dict | None, path: str) -> None:
         logger.warning("%s has no algorithm fingerprint (written by an older grpo-custom): not compared.", path)
         return
     current = algorithm_fingerprint(trainer)
-    changed = [f"{name}: {saved.get(name)!r} in the checkpoint, {current.get(name)!r} now"
-               for name in sorted(set(saved) | set(current)) if saved.get(name) != current.get(name)]
+    changed = [change for name in sorted(set(saved) | set(current)) if saved.get(name) != current.get(name)
+               for change in _changes(name, saved.get(name), current.get(name))]
     if not changed:
         return
     message = f"Resuming from {os.path.dirname(path)} with a different algorithm configuration: " + "; ".join(changed)
@@ -49,3 +53,12 @@ def check_fingerprint(trainer, saved: dict | None, path: str) -> None:
         return
     raise ValueError(message + ". Resume with the checkpoint's configuration, or set resume_allow_config_change=True "
                      "to continue with the new one.")
+
+
+def _changes(name: str, saved, current) -> list[str]:
+    """``"name: saved in the checkpoint, current now"``; for two dicts (e.g. ``value_function``), one such line per
+    changed key, ``name['key']``."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [f"{name}[{key!r}]: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+                for key in sorted(set(saved) | set(current), key=str) if saved.get(key) != current.get(key)]
+    return [f"{name}: {saved!r} in the checkpoint, {current!r} now"]
