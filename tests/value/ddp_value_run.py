@@ -20,19 +20,15 @@ torch.set_num_threads(1)
 
 def main(out: str, model_dir: str, per_device: int, kind: str) -> None:
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
 
     import grpo_custom
     from grpo_custom.testing.cpu_logprob import use_torch_logprob_kernel
-    from grpo_custom.testing.tiny_model import load_tiny_model
 
     use_torch_logprob_kernel()
-    torch.manual_seed(0)
-    model, tokenizer = load_tiny_model(model_dir)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
-    group = 4
+    from tests.helpers import lora_model, pure_rollout
 
-    from tests.helpers import pure_rollout
+    model, tokenizer = lora_model(model_dir)  # seed 0, LoRA r 4 on q_proj / v_proj
+    group = 4
 
     rollout = pure_rollout(tokenizer, group)
 
